@@ -1,0 +1,74 @@
+"""The fixed data splits every run uses, so numbers are comparable.
+
+- the victim trains on Fashion-MNIST train (60,000 images, labels unused);
+- the attacker's ``fashion-mnist`` pool is FMNIST test[:5000] (never seen by
+  the victim); the ``digits`` pool is scikit-learn's 1,797 digits (out of
+  distribution), resized to the victim's input;
+- downstream probes train on FMNIST train labels (all 60,000, or 1 %: 60 per
+  class, drawn once with seed 0, the SimCLRv2 convention) and test on FMNIST
+  test[5000:], which the attacker never queried.
+
+>>> task = downstream_task()  # doctest: +SKIP
+>>> len(task.train), len(task.few_label_index), len(task.test)  # doctest: +SKIP
+(60000, 600, 5000)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sslaudit.data import ImageData, load_dataset
+
+POOL_SIZE = 5000
+FEW_LABEL_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class DownstreamTask:
+    """Labelled train/test images plus the fixed few-label subset of train."""
+
+    name: str
+    train: ImageData
+    test: ImageData
+    few_label_index: torch.Tensor
+
+    @property
+    def key(self) -> str:
+        """Identifies the split; cached scores are only reused under the same key."""
+        return f"{self.name}:train{len(self.train)}:few{len(self.few_label_index)}:test{len(self.test)}"
+
+
+def stratified_index(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """``per_class`` indices of each class, drawn with ``seed`` (sorted)."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        picks.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def victim_training_data() -> ImageData:
+    return load_dataset("fashion-mnist", "train")
+
+
+def attack_pool(name: str, size: int = 28) -> ImageData:
+    """The attacker's unlabelled pool: ``fashion-mnist`` (FMNIST test[:5000]) or ``digits``."""
+    if name in ("fashion-mnist", "fmnist"):
+        return load_dataset("fashion-mnist", "test").subset(slice(0, POOL_SIZE), "fashion-mnist:test[:5000]")
+    if name == "digits":
+        return load_dataset("digits", size=size)
+    raise ValueError(f"unknown pool {name!r}; choose 'fashion-mnist' or 'digits'")
+
+
+def downstream_task(train_limit: int | None = None, test_limit: int | None = None) -> DownstreamTask:
+    """FMNIST probes: train labels (limits take a fixed stratified subset, for quick tests)."""
+    train = load_dataset("fashion-mnist", "train")
+    test = load_dataset("fashion-mnist", "test").subset(slice(POOL_SIZE, None), "fashion-mnist:test[5000:]")
+    if train_limit is not None and train_limit < len(train):
+        train = train.subset(stratified_index(train.labels, train_limit // train.num_classes, seed=1))
+    if test_limit is not None and test_limit < len(test):
+        test = test.subset(slice(0, test_limit))
+    per_class = max(1, round(FEW_LABEL_FRACTION * len(train) / train.num_classes))
+    return DownstreamTask("fashion-mnist", train, test, stratified_index(train.labels, per_class, seed=0))

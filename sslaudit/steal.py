@@ -1,0 +1,92 @@
+"""One stealing run end to end: victim → simulated API → attack → evaluation → a results dict.
+
+The random-init floor (an untrained encoder of the stolen architecture) is
+measured in the same run; the victim's own scores are cached in its card per
+downstream split, since they depend only on the victim and the split.
+
+>>> report = steal(victim, DirectExtraction(loss="mse"), attack_pool("fashion-mnist"), 5000, downstream_task())  # doctest: +SKIP
+>>> report["stolen"]["gain_recovered"]["linear_full"]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from sslaudit.api import Defense, SimulatedAPI
+from sslaudit.data import ImageData
+from sslaudit.evaluate import METRICS, evaluate_encoder, fidelity, gain_recovered, transfer_ratio
+from sslaudit.features import embed
+from sslaudit.models import build_encoder, count_parameters
+from sslaudit.protocol import DownstreamTask
+from sslaudit.runinfo import run_info
+from sslaudit.victim import Victim
+
+
+def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
+    """The victim's probe scores on ``task``, computed once and kept in its card."""
+    cached = victim.card.setdefault("scores", {}).get(task.key)
+    if cached is None:
+        cached = evaluate_encoder(victim.encoder, task)
+        victim.card["scores"][task.key] = cached
+    return cached
+
+
+def steal(
+    victim: Victim,
+    attack: object,
+    pool: ImageData,
+    budget: int,
+    task: DownstreamTask,
+    *,
+    defenses: Sequence[Defense] = (),
+    price_per_1k: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Run ``attack`` against ``victim`` behind a simulated API and score everything."""
+    began = time.perf_counter()
+    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k)
+    v_scores = victim_scores(victim, task)
+    attack_began = time.perf_counter()
+    result = attack.run(api, pool, budget, seed=seed, progress=progress)
+    attack_seconds = time.perf_counter() - attack_began
+    torch.manual_seed(seed)
+    floor_encoder = build_encoder(result.encoder.arch, result.encoder.spec)
+    floor = evaluate_encoder(floor_encoder, task)
+    stolen = evaluate_encoder(result.encoder, task)
+    victim_test = embed(victim.encoder, task.test.images)
+    ledger = api.ledger(result.account)
+    return {
+        "victim": {"name": victim.name, "method": victim.card["method"], "arch": victim.card["arch"],
+                   "parameters": count_parameters(victim.encoder), **v_scores},
+        "floor": {"arch": floor_encoder.arch, **floor},
+        "stolen": {
+            "attack": type(attack).__name__,
+            "config": _describe(attack),
+            "arch": result.encoder.arch,
+            "parameters": count_parameters(result.encoder),
+            **stolen,
+            "fidelity": fidelity(embed(result.encoder, task.test.images), victim_test),
+            "transfer_ratio": {m: transfer_ratio(stolen[m], v_scores[m]) for m in METRICS},
+            "gain_recovered": {m: gain_recovered(stolen[m], v_scores[m], floor[m]) for m in METRICS},
+            "train_seconds": round(attack_seconds, 1),
+            "final_loss": result.history.loss[-1] if result.history.loss else None,
+        },
+        "queries": {"budget": budget, "sent": ledger.images, "calls": ledger.calls, "cost": ledger.cost,
+                    "price_per_1k": price_per_1k, "pool": pool.name},
+        "defenses": [_describe(d) for d in defenses],
+        "task": task.key,
+        "run": run_info(seed=seed, wall_seconds=time.perf_counter() - began),
+    }
+
+
+def _describe(obj: object) -> dict:
+    fields = getattr(obj, "__dataclass_fields__", {})
+    out: dict = {"name": type(obj).__name__}
+    for name in fields:
+        if not name.startswith("_"):
+            value = getattr(obj, name)
+            out[name] = _describe(value) if hasattr(value, "__dataclass_fields__") else value
+    return out

@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+import torch
+
+from sslaudit.api import Ledger, SimulatedAPI
+from sslaudit.attack import choose_queries, query_all
+from sslaudit.attacks.direct_extraction import DirectExtraction
+from sslaudit.data import ImageData
+from sslaudit.evaluate import fidelity
+from sslaudit.features import embed
+from sslaudit.models import InputSpec, build_encoder
+from sslaudit.train import TrainConfig
+
+
+def smooth_images(n, seed=0):
+    """Low-frequency random images (7x7 noise upsampled): structure a convnet can map."""
+    low = torch.rand(n, 1, 7, 7, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(low, size=28, mode="bilinear", align_corners=False)
+
+
+def pool(n, seed=0):
+    images = smooth_images(n, seed).mul(255).round().to(torch.uint8)
+    return ImageData(images, torch.full((n,), -1), "random")
+
+
+def test_queries_are_nested_prefixes():
+    p = pool(50)
+    assert torch.equal(choose_queries(p, 10, seed=3), choose_queries(p, 30, seed=3)[:10])
+    assert not torch.equal(choose_queries(p, 10, seed=3), choose_queries(p, 10, seed=4))
+
+
+def test_budget_beyond_pool_is_filled_with_augmented_copies():
+    p = pool(20)
+    q = choose_queries(p, 55)
+    assert q.shape == (55, 1, 28, 28) and q.min() >= 0 and q.max() <= 1
+    assert torch.equal(q[:20].mul(255).round().to(torch.uint8).sort(0).values, p.images.sort(0).values)
+    assert not torch.equal(q[20:40], q[:20])
+
+
+def test_query_all_bills_every_image(api):
+    query_all(api, torch.rand(2500, 1, 28, 28), account="t", batch_size=1000)
+    assert api.ledger("t").images == 2500 and api.ledger("t").calls == 3
+
+
+class OnlyTheAPI:
+    """A representation API that is nothing but the interface: no encoder to reach into."""
+
+    def __init__(self, inner: SimulatedAPI):
+        self._query, self._ledger = inner.query, inner.ledger
+        self.spec, self.dim = inner.spec, inner.dim
+
+    def query(self, images, account="default"):
+        return self._query(images, account=account)
+
+    def ledger(self, account) -> Ledger:
+        return self._ledger(account)
+
+
+QUICK = TrainConfig(epochs=10, batch_size=32, lr=3e-3, optimizer="adamw", warmup_epochs=1)
+
+
+@pytest.mark.parametrize("loss", ["mse", "infonce"])
+def test_short_steal_through_the_interface_improves_fidelity(loss):
+    torch.manual_seed(123)
+    victim = build_encoder("convnet-small", InputSpec()).eval()
+    api = OnlyTheAPI(SimulatedAPI(victim, price_per_1k=1.0, device=torch.device("cpu")))
+    attack = DirectExtraction(loss=loss, stolen_arch="convnet-small", augment_stolen=False, train=QUICK)
+    p = pool(256)
+    result = attack.run(api, p, budget=256, seed=0)
+    assert result.queries == 256 and result.cost == pytest.approx(0.256)
+    test_images = smooth_images(128, seed=5)
+    target = embed(victim, test_images)
+    torch.manual_seed(0)
+    random_init = build_encoder("convnet-small", api.spec)
+    before = fidelity(embed(random_init, test_images), target)
+    after = fidelity(embed(result.encoder, test_images), target)
+    assert after["cosine"] > before["cosine"] + 0.1, (before, after)
+
+
+def test_budget_never_exceeded(encoder):
+    api = SimulatedAPI(encoder, budget=100, device=torch.device("cpu"))
+    attack = DirectExtraction(loss="mse", stolen_arch="convnet-small", train=dataclasses.replace(QUICK, epochs=1))
+    attack.run(api, pool(300), budget=100, account="attacker")
+    assert api.ledger("attacker").images == 100
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="loss"):
+        DirectExtraction(loss="l3")
+    with pytest.raises(ValueError, match="temperature"):
+        DirectExtraction(loss="infonce", temperature=0)

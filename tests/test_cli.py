@@ -1,0 +1,80 @@
+"""End to end through the CLI on small subsets (click's CliRunner)."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sslaudit.cli import main, parse_component
+from sslaudit.models import InputSpec, build_encoder
+from sslaudit.victim import Victim
+
+
+@pytest.fixture(scope="module")
+def victim_file(tmp_path_factory):
+    torch.manual_seed(7)
+    encoder = build_encoder("convnet-small", InputSpec())
+    card = {"method": "random", "arch": "convnet-small", "input": InputSpec().to_dict(), "scores": {}}
+    return Victim(encoder, card).save(tmp_path_factory.mktemp("victim") / "random")
+
+
+QUICK = ["--queries", "300", "--epochs", "2", "--eval-train", "1000", "--eval-test", "500", "--no-progress",
+         "--stolen-arch", "convnet-small"]
+
+
+def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path):
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["steal", "--victim", str(victim_file), "--attack", "infonce",
+                                       "--defense", "noise:sigma=0.05", "--json", str(out), *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "victim (random, convnet-small)" in result.output and "random init" in result.output
+    report = json.loads(out.read_text())
+    assert report["queries"]["sent"] == 300 and report["queries"]["cost"] == pytest.approx(0.3)
+    assert report["queries"]["pool"] == "fashion-mnist:test[:5000]"
+    for row in ("victim", "stolen", "floor"):
+        for metric in ("linear_1pct", "linear_full", "knn"):
+            assert 0.0 <= report[row][metric] <= 1.0
+    stolen, victim, floor = report["stolen"], report["victim"], report["floor"]
+    expected_gain = (stolen["linear_full"] - floor["linear_full"]) / (victim["linear_full"] - floor["linear_full"])
+    assert stolen["gain_recovered"]["linear_full"] == pytest.approx(expected_gain)
+    assert stolen["transfer_ratio"]["knn"] == pytest.approx(stolen["knn"] / victim["knn"])
+    assert stolen["fidelity"]["cosine"] is not None and 0 <= stolen["fidelity"]["cka"] <= 1
+    assert report["defenses"][0]["name"] == "GaussianNoise" and report["defenses"][0]["sigma"] == 0.05
+    run = report["run"]
+    assert run["seed"] == 0 and "torch" in run["versions"] and run["wall_seconds"] > 0 and "commit" in run
+
+
+def test_digits_pool_pads_with_copies(needs_fmnist, victim_file, tmp_path):
+    out = tmp_path / "d.json"
+    args = ["steal", "--victim", str(victim_file), "--pool", "digits", "--json", str(out), *QUICK]
+    args[args.index("300")] = "2000"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["queries"]["sent"] == 2000
+
+
+def test_list_shows_registries():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0 and "simclr" in result.output and "infonce" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["steal", "--attack", "telepathy"], "unknown attack"),
+        (["steal", "--defense", "noise:sigma"], "key=value"),
+        (["steal", "--defense", "noise:volume=3"], "volume"),
+        (["steal", "--victim", "nope"], "unknown victim"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(args, message, victim_file):
+    if args[1] != "--victim":
+        args = args + ["--victim", str(victim_file)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_parse_component_types():
+    assert parse_component("noise:sigma=0.2,relative=false,seed=3,mode=x") == (
+        "noise", {"sigma": 0.2, "relative": False, "seed": 3, "mode": "x"})

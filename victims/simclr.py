@@ -1,0 +1,102 @@
+"""SimCLR (Chen, Kornblith, Norouzi, Hinton, ICML 2020): contrastive learning with NT-Xent.
+
+Two augmented views of each image go through the encoder and a projection
+head; NT-Xent pulls the two views together against the other 2N - 2 views of
+the batch. The projection head is discarded for serving: the API returns the
+backbone feature.
+
+>>> victim = SimCLR.train(load_dataset("fashion-mnist"), PRESETS["tiny"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslaudit.augment import AugmentConfig, augment
+from sslaudit.data import ImageData
+from sslaudit.models import InputSpec, build_encoder
+from sslaudit.registry import register_victim
+from sslaudit.train import TrainConfig, fit
+from sslaudit.victim import Victim, make_card
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent: mean over the 2N views of -log softmax of the positive among the other 2N-1.
+
+    ``z1[i]`` and ``z2[i]`` are the projections of two views of image ``i``.
+    """
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = len(z1)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, positives)
+
+
+class ProjectionHead(nn.Sequential):
+    """Linear–BN–ReLU–Linear, the SimCLR projector (discarded after training)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_dim))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimCLRConfig:
+    """Everything that determines a trained SimCLR victim (it keys the victim cache)."""
+
+    arch: str = "convnet"
+    spec: InputSpec = field(default_factory=InputSpec)
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.25, 1.0)))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=15, batch_size=512, lr=0.6, weight_decay=5e-4, warmup_epochs=1)
+    )
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+PRESETS: dict[str, SimCLRConfig] = {
+    "tiny": SimCLRConfig(),
+    "standard": SimCLRConfig(
+        arch="resnet18",
+        spec=InputSpec(channels=1, size=28),
+        temperature=0.5,
+        proj_hidden=2048,
+        proj_dim=128,
+        augment=AugmentConfig(crop_scale=(0.08, 1.0)),
+        train=TrainConfig(epochs=200, batch_size=512, lr=1.0, weight_decay=1e-4, warmup_epochs=10),
+    ),
+}
+
+
+@register_victim("simclr")
+class SimCLR:
+    """Recipe object: ``SimCLR.train(data, config) -> Victim``."""
+
+    Config = SimCLRConfig
+    presets = PRESETS
+    loss = staticmethod(nt_xent_loss)
+
+    @staticmethod
+    def train(data: ImageData, config: SimCLRConfig, **fit_kwargs: object) -> Victim:
+        encoder = build_encoder(config.arch, config.spec)
+        head = ProjectionHead(encoder.dim, config.proj_hidden, config.proj_dim)
+        model = nn.ModuleDict({"encoder": encoder, "head": head})
+
+        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+            images = batch[0].float().div_(255)
+            v1, v2 = augment(images, config.augment, gen), augment(images, config.augment, gen)
+            z = head(encoder(torch.cat([v1, v2])))
+            return nt_xent_loss(*z.chunk(2), temperature=config.temperature)
+
+        history = fit(model, step, (data.images,), config.train, desc="simclr", **fit_kwargs)
+        card = make_card(method="simclr", config=config, data=data, encoder=encoder, history=history)
+        return Victim(encoder.cpu().eval(), card)
