@@ -21,6 +21,8 @@ import torch
 from sslaudit.data import ImageData, load_dataset
 
 POOL_SIZE = 5000
+# Bump when the probe's procedure changes: cached victim scores are keyed by it.
+PROBE_VERSION = "probe2"
 FEW_LABEL_FRACTION = 0.01
 
 
@@ -36,7 +38,8 @@ class DownstreamTask:
     @property
     def key(self) -> str:
         """Identifies the split; cached scores are only reused under the same key."""
-        return f"{self.name}:train{len(self.train)}:few{len(self.few_label_index)}:test{len(self.test)}"
+        return (f"{self.name}:train{len(self.train)}:few{len(self.few_label_index)}:test{len(self.test)}"
+                f":{PROBE_VERSION}")
 
 
 def stratified_index(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

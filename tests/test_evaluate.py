@@ -35,9 +35,21 @@ def test_linear_probe_ignores_feature_scale():
     assert a == pytest.approx(b)
 
 
-def test_l2_selection_uses_only_training_data():
-    xtr, ytr = clusters(30, 3, 8, 2.0, seed=0)
-    assert select_l2(xtr, ytr, 3) in (1e-5, 1e-4, 1e-3, 1e-2)
+def test_l2_selection_regularises_more_when_overfitting_is_easy():
+    gen = torch.Generator().manual_seed(0)
+    # 40 samples in 400 dims: only dim 0 carries the label, the rest invite overfitting.
+    y = torch.arange(40) % 2
+    noisy = torch.randn(40, 400, generator=gen)
+    noisy[:, 0] += 1.5 * (2 * y - 1)
+    l2_noisy, w = select_l2(noisy, y, 2)
+    assert w.shape == (401, 2)
+    # 4,000 samples, 2 dims: the label is in x0 - x1 (a shared nuisance cancels), which a heavily
+    # regularised probe (w ∝ class-mean difference) misses.
+    y_big = torch.arange(4000) % 2
+    nuisance = 3 * torch.randn(4000, generator=gen)
+    clean = torch.stack([0.5 * (2 * y_big - 1) + nuisance, nuisance + 0.05 * torch.randn(4000, generator=gen)], 1)
+    l2_clean, _ = select_l2(clean, y_big, 2)
+    assert l2_noisy > l2_clean
 
 
 def test_knn_on_clusters_and_weighting():

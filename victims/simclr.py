@@ -55,7 +55,7 @@ class SimCLRConfig:
     proj_dim: int = 128
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.25, 1.0)))
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=15, batch_size=512, lr=0.6, weight_decay=5e-4, warmup_epochs=1)
+        default_factory=lambda: TrainConfig(epochs=12, batch_size=512, lr=0.6, weight_decay=5e-4, warmup_epochs=1)
     )
 
     def __post_init__(self) -> None:

@@ -1,0 +1,61 @@
+"""Shared by the benchmarks: a description of the machine and resumable result files.
+
+Each benchmark appends one JSON line per finished row, so an interrupted run
+keeps what it measured and a re-run only does the missing rows.
+
+>>> rows = load_rows(Path("bench/results/steal.jsonl"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from sslaudit.device import autocast_dtype, pick_device
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line: CPU or GPU, cores, torch version and the precision training uses."""
+    device = pick_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    precision = autocast_dtype(device)
+    prec = str(precision).replace("torch.", "") if precision else "float32"
+    return (f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"autocast {prec}")
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_markdown(path: Path, title: str, table: str, notes: str = "") -> None:
+    """Write ``table`` under a heading with the machine it ran on."""
+    text = f"## {title}\n\nMachine: {machine()}\n\n{table}\n"
+    if notes:
+        text += f"\n{notes}\n"
+    path.write_text(text)
