@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sslaudit.attacks.direct_extraction import info_nce_loss, mse_loss
+from sslaudit.attacks.direct_extraction import DirectExtraction, answer_statistics, info_nce_loss, mse_loss
 from sslaudit.victims.simclr import nt_xent_loss
 
 
@@ -56,3 +56,20 @@ def test_mse_matches_formula():
     s, v = torch.randn(4, 3), torch.randn(4, 3)
     expected = sum(float((s[i] - v[i]).pow(2).sum()) for i in range(4)) / (4 * 3)
     assert mse_loss(s, v).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_standardised_mse_weights_each_dimension_by_its_answer_variance():
+    torch.manual_seed(3)
+    answers = torch.randn(50, 3) * torch.tensor([2.0, 1.0, 0.5]) + 5
+    mean, std = answer_statistics(answers)
+    assert torch.allclose(std, answers.std(0))  # no dimension is below the floor here
+    s, v = torch.randn(4, 3), answers[:4]
+    expected = sum(float(((s[i, j] - v[i, j]) / answers[:, j].std()) ** 2) for i in range(4) for j in range(3)) / 12
+    got = DirectExtraction(loss="mse", standardize=True).objective(s, v, (mean, std))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_answer_statistics_floor_dead_units():
+    answers = torch.cat([torch.randn(20, 2), torch.zeros(20, 1)], 1)  # a dead (always-zero) unit
+    _, std = answer_statistics(answers, floor=0.05)
+    assert std[2] == pytest.approx(0.05 * float(answers.std(0).mean()))
