@@ -119,10 +119,27 @@ class CifarResNet18(nn.Sequential):
         self.out_dim = 512
 
 
+def _lazy(module: str, name: str, **defaults: object) -> Callable[..., nn.Module]:
+    """A backbone factory defined in another module, imported on first use; it gets ``image_size`` too."""
+
+    def build(**kwargs: object) -> nn.Module:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(**{**defaults, **kwargs})
+
+    build.takes_image_size = True  # type: ignore[attr-defined]
+    return build
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "convnet-small": lambda in_channels=1: ConvNet(in_channels, (16, 16, 32, 32, 64), expand=128),
     "resnet18": CifarResNet18,
+    # Transformers live in their own files (one concept per file).
+    "swin-tiny": _lazy("sslaudit.swin", "TinySwin"),  # multi-stage Swin for 28-32 px (EsViT tiny)
+    "swin-t": _lazy("sslaudit.swin", "SwinT"),  # Swin-T (EsViT standard)
+    "vit-tiny": _lazy("sslaudit.vit", "TinyViT"),  # ViT for 28-32 px (SplitMask tiny)
+    "vit-s": _lazy("sslaudit.vit", "ViTSmall"),  # ViT-S/16 (SplitMask standard)
 }
 
 
@@ -130,7 +147,10 @@ def build_encoder(arch: str, spec: InputSpec, **kwargs: object) -> Encoder:
     """A freshly initialised encoder of architecture ``arch`` for inputs ``spec``."""
     if arch not in BACKBONES:
         raise KeyError(f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(BACKBONES))}")
-    backbone = BACKBONES[arch](in_channels=spec.channels, **kwargs)
+    factory = BACKBONES[arch]
+    if getattr(factory, "takes_image_size", False):
+        kwargs = {"image_size": spec.size, **kwargs}
+    backbone = factory(in_channels=spec.channels, **kwargs)
     return Encoder(backbone, spec, backbone.out_dim, arch)
 
 

@@ -1,0 +1,77 @@
+"""Benchmark: victims on Fashion-MNIST next to raw pixels and a random-init encoder.
+
+Trains each requested victim with its preset (or reuses the shipped/cached one,
+whose card keeps the training time and scores) and writes
+``bench/results/victims.jsonl`` and ``bench/results/victims.md``.
+
+    python bench/victims.py --methods simclr --preset tiny
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import RESULTS, append_row, load_rows, write_markdown
+
+from sslaudit.evaluate import evaluate_encoder, evaluate_features
+from sslaudit.models import InputSpec, build_encoder, count_parameters
+from sslaudit.protocol import DownstreamTask, downstream_task
+from sslaudit.steal import victim_scores
+from sslaudit.table import format_table
+from sslaudit.zoo import find_victim, train_victim
+
+JSONL, MARKDOWN = RESULTS / "victims.jsonl", RESULTS / "victims.md"
+
+
+def baselines(task: DownstreamTask) -> list[dict]:
+    pixels = lambda data: data.images.flatten(1).float() / 255  # noqa: E731
+    torch.manual_seed(0)
+    _, channels, size, _ = task.train.images.shape
+    random_init = build_encoder("convnet", InputSpec(channels=channels, size=size))
+    return [
+        {"name": "raw pixels", "arch": "—", "parameters": 0, "train_seconds": 0,
+         **evaluate_features(pixels(task.train), pixels(task.test), task)},
+        {"name": "random init", "arch": "convnet", "parameters": count_parameters(random_init), "train_seconds": 0,
+         **evaluate_encoder(random_init, task)},
+    ]
+
+
+def run(methods: list[str], preset: str) -> None:
+    task = downstream_task()
+    rows = load_rows(JSONL)
+    done = {(r["name"], r.get("preset"), r["task"]) for r in rows}
+    if ("raw pixels", None, task.key) not in done:
+        for row in baselines(task):
+            append_row(JSONL, {**row, "preset": None, "task": task.key})
+    for method in methods:
+        if (method, preset, task.key) in done:
+            continue
+        victim = find_victim(method, preset) or train_victim(method, preset)
+        card = victim.card
+        append_row(JSONL, {"name": method, "preset": preset, "task": task.key, "arch": card["arch"],
+                           "parameters": card["parameters"], "train_seconds": card["train_seconds"],
+                           "epochs": card["epochs"], "device": card.get("device"),
+                           **victim_scores(victim, task)})
+    render()
+
+
+def render() -> None:
+    rows = [[r["name"], r.get("preset") or "", r["arch"], f"{r['parameters']:,}", str(r.get("epochs", "")),
+             f"{r['train_seconds'] / 60:.1f}" if r["train_seconds"] else "", f"{100 * r['linear_1pct']:.1f}",
+             f"{100 * r['linear_full']:.1f}", f"{100 * r['knn']:.1f}"] for r in load_rows(JSONL)]
+    header = ["encoder", "preset", "arch", "params", "epochs", "train min", "lin 1%", "lin full", "kNN"]
+    note = ("FMNIST probes: train on FMNIST train labels (600 for 1 %), test on FMNIST test[5000:]. Training "
+            "time is what the victim's card recorded on the machine that trained it.")
+    write_markdown(MARKDOWN, "Victims on Fashion-MNIST", format_table(header, rows, markdown=True), note)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["simclr"])
+    parser.add_argument("--preset", default="tiny")
+    args = parser.parse_args()
+    run(args.methods, args.preset)
+
+
+if __name__ == "__main__":
+    main()
