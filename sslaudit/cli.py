@@ -94,6 +94,12 @@ def victims_list() -> None:
 @click.option("--victim", "victim_spec", default="simclr", show_default=True,
               help="a victim recipe name (uses the shipped/cached victim) or a saved .safetensors")
 @click.option("--preset", default="tiny", show_default=True)
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="weights of an external victim (.safetensors, or .pt/.pth read with weights_only=True)")
+@click.option("--input-size", type=int, default=None, help="external victim: its native input side in pixels")
+@click.option("--channels", type=int, default=None, help="external victim: its native input channels")
+@click.option("--mean", default=None, help="external victim: per-channel mean, e.g. 0.485,0.456,0.406")
+@click.option("--std", default=None, help="external victim: per-channel std, e.g. 0.229,0.224,0.225")
 @click.option("--attack", "attack_name", default="mse", show_default=True, help="see `sslaudit list`")
 @click.option("--queries", type=int, default=5000, show_default=True, help="query budget (images sent)")
 @click.option("--pool", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "digits"]))
@@ -106,7 +112,8 @@ def victims_list() -> None:
 @click.option("--eval-test", type=int, default=None, help="probe on the first N held-out test images (quick runs)")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write results here")
 @click.option("--progress/--no-progress", default=True)
-def steal(victim_spec: str, preset: str, attack_name: str, queries: int, pool: str, defense_specs: tuple[str, ...],
+def steal(victim_spec: str, preset: str, weights: Path | None, input_size: int | None, channels: int | None,
+          mean: str | None, std: str | None, attack_name: str, queries: int, pool: str, defense_specs: tuple[str, ...],
           stolen_arch: str | None, epochs: int | None, price: float, seed: int, eval_train: int | None,
           eval_test: int | None, json_path: Path | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
@@ -115,7 +122,8 @@ def steal(victim_spec: str, preset: str, attack_name: str, queries: int, pool: s
     from sslaudit.table import results_table
     from sslaudit.zoo import resolve_victim
 
-    victim = _friendly(lambda: resolve_victim(victim_spec, preset, progress=progress))
+    native = _native_input(input_size, channels, mean, std)
+    victim = _friendly(lambda: resolve_victim(victim_spec, preset, progress=progress, weights=weights, native=native))
     attack = _build_attack(attack_name, stolen_arch, epochs)
     defenses = [_build_defense(spec) for spec in defense_specs]
     task = _friendly(lambda: downstream_task(eval_train, eval_test))
@@ -128,6 +136,20 @@ def steal(victim_spec: str, preset: str, attack_name: str, queries: int, pool: s
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))
         click.echo(f"wrote {json_path}", err=True)
+
+
+def _native_input(size: int | None, channels: int | None, mean: str | None, std: str | None) -> object:
+    """The external victim's input as the user stated it (None when not stated)."""
+    from sslaudit.models import InputSpec
+
+    if size is None and channels is None:
+        if mean or std:
+            raise click.BadParameter("--mean/--std need --input-size and --channels")
+        return None
+    if size is None or channels is None:
+        raise click.BadParameter("give both --input-size and --channels")
+    parse = lambda text: tuple(float(v) for v in text.split(",")) if text else ()  # noqa: E731
+    return _friendly(lambda: InputSpec(channels, size, parse(mean), parse(std)))
 
 
 def _build_attack(name: str, stolen_arch: str | None, epochs: int | None) -> object:
@@ -157,7 +179,7 @@ def _friendly(thunk):  # type: ignore[no-untyped-def]
 
     try:
         return thunk()
-    except (KeyError, DataNotFoundError, FileNotFoundError, ValueError) as err:
+    except (KeyError, DataNotFoundError, FileNotFoundError, ValueError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise click.ClickException(str(message)) from err
 

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 from sslaudit.evaluate import evaluate_encoder
+from sslaudit.external import load_external
+from sslaudit.models import InputSpec
 from sslaudit.protocol import downstream_task, victim_training_data
 from sslaudit.registry import get_victim, names
 from sslaudit.victim import Victim, config_key
@@ -70,10 +72,15 @@ def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None
     return victim
 
 
-def resolve_victim(spec: str, preset: str = "tiny", *, train_if_missing: bool = True,
-                   progress: bool = True) -> Victim:
-    """A victim from a saved file (``.safetensors``/``.json`` path) or a recipe name."""
+def resolve_victim(spec: str, preset: str = "tiny", *, train_if_missing: bool = True, progress: bool = True,
+                   weights: str | Path | None = None, native: InputSpec | None = None) -> Victim:
+    """A victim from a recipe name, a saved victim (``.safetensors``/``.json``), or an external model.
+
+    External: ``timm:NAME``, ``torchvision:NAME``, ``module:factory`` (with ``weights``) or a TorchScript file.
+    """
     path = Path(spec)
+    if ":" in spec or weights is not None or (path.is_file() and path.suffix not in (".safetensors", ".json")):
+        return load_external(spec, weights=weights, native=native)
     if path.suffix in (".safetensors", ".json") or path.with_suffix(".safetensors").is_file():
         return Victim.load(path)
     if spec not in names("victim"):
