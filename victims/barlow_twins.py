@@ -7,6 +7,20 @@ diagonal makes the views agree, the off-diagonal decorrelates the dimensions,
 so no negatives and no momentum encoder are needed. The projector is
 discarded for serving: the API returns the backbone feature.
 
+Departures from the paper (ResNet-50, 8192-8192-8192 projector, LARS, B=2048,
+1000 epochs), because ``fit`` offers SGD and AdamW only and ``tiny`` must train
+on two CPU cores in under 20 minutes:
+
+- optimiser: AdamW for both presets. Adam's update does not depend on the loss
+  scale (hundreds to thousands here, growing with the projector width), the
+  job LARS does in the paper; plain SGD at lightly's lr (0.24 at B=512) barely
+  learned in a short FMNIST trial (kNN 42 % vs 74 % for AdamW 1e-3).
+- ``tiny``: 2048-wide projector, as the CIFAR recipes (solo-learn, lightly);
+  1024 was a little worse in the same trial and 8192 would dominate CPU time.
+- augmentation: the SimCLR tiny crops and jitter, plus the paper's asymmetric
+  solarisation (second view, p = 0.2); no blur (``augment`` has none, and the
+  CIFAR recipes drop it at 32 px).
+
 >>> victim = BarlowTwins.train(load_dataset("fashion-mnist"), PRESETS["tiny"])  # doctest: +SKIP
 >>> z1, z2 = torch.randn(64, 32), torch.randn(64, 32)
 >>> float(barlow_twins_loss(z1, z1)) < float(barlow_twins_loss(z1, z2))
@@ -58,7 +72,7 @@ class Projector(nn.Sequential):
 
 
 def solarize(images: torch.Tensor, p: float, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Invert pixels above 0.5 in each image with probability ``p`` (the paper's second-view solarisation)."""
+    """Invert pixels at or above 0.5 (as PIL's solarize) in each image with probability ``p``; paper: view 2, p 0.2."""
     if p == 0:
         return images
     pick = (torch.rand(images.shape[0], generator=gen, device=images.device) < p).view(-1, 1, 1, 1)
@@ -71,12 +85,17 @@ class BarlowTwinsConfig:
 
     arch: str = "convnet"
     spec: InputSpec = field(default_factory=InputSpec)
-    lambd: float = 0.0051  # official --lambd; the paper rounds it to 5e-3
-    proj_dim: int = 2048  # width of all three projector layers (paper 8192; 2048 is what CIFAR recipes use)
+    lambd: float = 0.0051  # facebookresearch/barlowtwins --lambd (read in its main.py); lightly uses 5e-3
+    # Width of all three projector layers: 2048 as the CIFAR recipes; `standard` keeps the paper's 8192 since
+    # the claim that 8192 is not needed at 32 px is recalled, not checked.
+    proj_dim: int = 2048
     solarize_p: float = 0.2  # second view only (paper: 0.0 / 0.2); augment.py has no blur, so no blur here
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.25, 1.0)))
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=16, batch_size=512, lr=2e-3, weight_decay=1e-4,
+        # 16 epochs: ~52 s/epoch on 2 CPU cores (a step costs ~1.35x SimCLR tiny's) -> ~14 min. AdamW lr 1e-3
+        # beat 5e-4, 2e-3 and 4e-3 in 116-step trials on 15k images; decoupled wd 1e-4 is a light touch (the
+        # batch standardisation makes the weights scale-free, so wd mostly sets the effective step size).
+        default_factory=lambda: TrainConfig(epochs=16, batch_size=512, lr=1e-3, weight_decay=1e-4,
                                             optimizer="adamw", warmup_epochs=1, final_lr_fraction=0.01)
     )
 
@@ -94,7 +113,10 @@ PRESETS: dict[str, BarlowTwinsConfig] = {
         spec=InputSpec(channels=1, size=28),
         proj_dim=8192,
         augment=AugmentConfig(crop_scale=(0.08, 1.0)),
-        train=TrainConfig(epochs=400, batch_size=512, lr=2e-3, weight_decay=1e-4, optimizer="adamw",
+        # Paper schedule (10 warm-up epochs, cosine to 0.001x) over 400 epochs, not 1000: lightly's CIFAR
+        # ResNet-18 gains 4 kNN points from 200 to 800 epochs (81.9 -> 85.9), 400 keeps most of that at half
+        # the cost, and FMNIST is easier than CIFAR. Not yet trained: lr/wd are the tiny ones, unverified.
+        train=TrainConfig(epochs=400, batch_size=512, lr=1e-3, weight_decay=1e-4, optimizer="adamw",
                           warmup_epochs=10, final_lr_fraction=0.001),
     ),
 }
