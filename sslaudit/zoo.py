@@ -14,6 +14,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import torch
+
 from sslaudit.evaluate import evaluate_encoder
 from sslaudit.external import load_external
 from sslaudit.models import InputSpec
@@ -62,6 +64,7 @@ def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None
     key = config_key(config)
     target = out or cache_dir() / "victims" / f"{method}-{key}"
     checkpoint = cache_dir() / "checkpoints" / f"{method}-{key}.pt"
+    torch.manual_seed(config.train.seed)  # the initial weights too, not only the data order
     victim = get_victim(method).train(victim_training_data(), config, progress=progress, checkpoint=checkpoint)
     victim.card["preset"] = preset
     if score:
