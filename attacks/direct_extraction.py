@@ -11,10 +11,10 @@ no extra queries.
 ``standardize=True`` (our addition, off by default, not in the paper)
 standardises both sides per dimension with the mean and std of the cached
 answers (known to the attacker, no extra queries) before the loss. For MSE this
-weights each dimension by 1/σ², the metric the standardised linear probe
-uses, instead of letting high-variance dimensions dominate; for InfoNCE it
-removes the common direction of post-ReLU answers (the tiny SimCLR victim's
-answers have mean pairwise cosine 0.64). See the README's InfoNCE diagnosis.
+weights each dimension by 1/σ², the metric the standardised linear probe uses,
+instead of letting high-variance dimensions dominate. It does not cure
+InfoNCE: a perfect copy is not InfoNCE's optimum on these answers, standardised
+or not (``bench/infonce_diagnosis.py``; the README explains).
 
 >>> result = DirectExtraction(loss="mse").run(api, pool, budget=5000)  # doctest: +SKIP
 """
