@@ -70,20 +70,22 @@ class SwinBlock(nn.Module):
     def attention(self, x: torch.Tensor, ws: int, mask: torch.Tensor | None) -> torch.Tensor:
         n, t, c = x.shape  # n = B * nW windows of t = ws² tokens
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (n, heads, t, t)
         bias = self.bias_table[relative_index(ws, 2 * self.window - 1).to(x.device)].permute(2, 0, 1)
-        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1) + bias  # (n, heads, t, t)
-        if mask is not None:  # same mask for every image: view windows as (B, nW)
-            attn = attn.view(-1, mask.shape[0], self.heads, t, t).masked_fill(mask[None, :, None], -100.0)
-            attn = attn.view(n, self.heads, t, t)
+        if mask is not None:  # the same for every image: (nW, heads, t, t), broadcast over B
+            bias = bias.unsqueeze(0).masked_fill(mask.unsqueeze(1), -100.0)
+        attn = (attn.view(-1, *bias.shape) + bias.to(attn.dtype)).view(n, self.heads, t, t)
         return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(n, t, c))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, _, c = x.shape
-        # As in Swin: a window no smaller than the map covers it whole, and then nothing shifts.
+        # Swin's rule, applied to the actual map: a window no smaller than the map covers it whole and
+        # nothing shifts. (EsViT applies it to the 224-px map only and zero-pads small local-crop maps up
+        # to a full window; clamping is our choice: cheaper, and no attention to padding.)
         ws = min(self.window, h, w)
         shift = ws // 2 if self.shifted and min(h, w) > self.window else 0
         y = self.norm1(x).view(b, h, w, c)
-        pad_h, pad_w = (-h) % ws, (-w) % ws  # zero padding to whole windows (EsViT's Swin does the same)
+        pad_h, pad_w = (-h) % ws, (-w) % ws  # zero padding to whole windows, as EsViT's Swin
         y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = h + pad_h, w + pad_w
         mask = None
@@ -98,7 +100,7 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Concatenate each 2x2 neighbourhood (odd sides zero-padded), LayerNorm, linear 4C -> 2C."""
+    """Concatenate each 2x2 neighbourhood (odd sides zero-padded, as EsViT), LayerNorm, linear 4C -> 2C."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -113,7 +115,7 @@ class PatchMerging(nn.Module):
 
 
 class Swin(nn.Module):
-    """Swin backbone; ``out_dim`` = ``embed_dim · 2^(stages − 1)``."""
+    """Swin backbone; ``out_dim`` = ``embed_dim · 2^(stages − 1)``. No stochastic depth (EsViT: 0.1)."""
 
     def __init__(self, *, in_channels: int, image_size: int, patch_size: int, embed_dim: int,
                  depths: tuple[int, ...], heads: tuple[int, ...], window: int, mlp_ratio: float = 4.0) -> None:
@@ -163,7 +165,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class TinySwin(Swin):
-    """Swin for 28-32 px: patch 2 (14x14 tokens at 28 px), window 7, dims 48 -> 96, depths (2, 2), heads (3, 6).
+    """Swin for 28-32 px: patch 2 (14x14 tokens at 28 px), window 7, dims 48 -> 96, depths (2, 2), heads (2, 4).
 
     Stage 1 has 2x2 windows (shifted in its second block); stage 2 is 7x7, one
     window, so its attention is global. The 7x7 = 49 final tokens are the regions.
@@ -171,7 +173,7 @@ class TinySwin(Swin):
 
     def __init__(self, *, in_channels: int = 1, image_size: int = 28) -> None:
         super().__init__(in_channels=in_channels, image_size=image_size, patch_size=2, embed_dim=48,
-                         depths=(2, 2), heads=(3, 6), window=7)
+                         depths=(2, 2), heads=(2, 4), window=7)
 
 
 class SwinT(Swin):
