@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name, fn in (("SimCLR tiny victim (2 views, batch 512)", simclr_rate),
-                     ("MSE extraction (1 view, batch 256)", steal_rate)):
+                     ("MSE extraction (1 view, batch 32)", steal_rate)):
         fp32, bf16 = fn(args.images, False), fn(args.images, True)
         rows.append([name, f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x"])
         print(rows[-1], flush=True)
