@@ -1,0 +1,36 @@
+#!/bin/sh
+# sslaudit set-up, demo and tests on a fresh machine (Python 3.11, pip and apt; nothing else needed).
+#   ./dev.sh demo    set up, then steal the shipped SimCLR victim (the default audit)
+#   ./dev.sh test    set up, then run the test suite
+#   ./dev.sh setup   only set up (.venv with the CPU build of torch, Fashion-MNIST via apt)
+set -eu
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+
+apt_install() {
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+setup() {
+    if [ ! -x "$VENV/bin/sslaudit" ] || [ pyproject.toml -nt "$VENV/bin/sslaudit" ]; then
+        "$PYTHON" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
+        # torch 2.13.0 is the CPU build (a local wheel here); an unpinned torch pulls a 5 GB CUDA build.
+        "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+        touch "$VENV/bin/sslaudit"
+    fi
+    if [ -z "${SSLAUDIT_DATA:-}" ] && [ ! -f "$FMNIST" ]; then
+        echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+        apt_install dataset-fashion-mnist
+    fi
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    demo) setup; "$VENV/bin/sslaudit" steal --victim simclr --json runs/demo.json ;;
+    test) setup; "$VENV/bin/python" -m pytest -q ;;
+    *) echo "usage: ./dev.sh setup|demo|test" >&2; exit 2 ;;
+esac
