@@ -57,6 +57,20 @@ def list_cmd() -> None:
 
 
 @main.group()
+def data() -> None:
+    """Get the datasets the audits use."""
+
+
+@data.command("download")
+@click.argument("name", type=click.Choice(["fashion-mnist"]))
+def data_download(name: str) -> None:
+    """Download NAME's original files with torchvision into ~/.cache/sslaudit (needs internet)."""
+    from sslaudit.data import download_fashion_mnist
+
+    click.echo(f"saved to {_friendly(download_fashion_mnist)}")
+
+
+@main.group()
 def victims() -> None:
     """Train and inspect victim encoders."""
 

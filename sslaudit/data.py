@@ -77,6 +77,19 @@ _HOW_TO_GET_FMNIST = (
 )
 
 
+def download_fashion_mnist(root: Path | None = None) -> Path:
+    """Fetch the IDX files with torchvision (needs internet and ``sslaudit[zoo]``) into ``root``."""
+    root = root or Path.home() / ".cache" / "sslaudit"
+    try:
+        from torchvision.datasets import FashionMNIST
+    except ImportError as err:
+        raise ImportError("downloading needs torchvision: pip install 'sslaudit[zoo]' "
+                          "(or sudo apt-get install dataset-fashion-mnist)") from err
+    for train in (True, False):
+        FashionMNIST(str(root), train=train, download=True)
+    return root / "FashionMNIST" / "raw"
+
+
 def _find_idx(stem: str) -> Path | None:
     for root in data_roots():
         for folder in (root / "fashion-mnist", root / "FashionMNIST" / "raw"):

@@ -78,3 +78,12 @@ def test_bad_arguments_give_one_line_errors(args, message, victim_file):
 def test_parse_component_types():
     assert parse_component("noise:sigma=0.2,relative=false,seed=3,mode=x") == (
         "noise", {"sigma": 0.2, "relative": False, "seed": 3, "mode": "x"})
+
+
+def test_download_without_torchvision_says_how(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    result = CliRunner().invoke(main, ["data", "download", "fashion-mnist"])
+    assert result.exit_code != 0 and "sslaudit[zoo]" in result.output and "Traceback" not in result.output
