@@ -36,7 +36,7 @@ def baselines(task: DownstreamTask) -> list[dict]:
     ]
 
 
-def run(methods: list[str], preset: str) -> None:
+def run(methods: list[str], preset: str, note: str = "") -> None:
     task = downstream_task()
     rows = load_rows(JSONL)
     done = {(r["name"], r.get("preset"), r["task"]) for r in rows}
@@ -52,25 +52,27 @@ def run(methods: list[str], preset: str) -> None:
                            "parameters": card["parameters"], "train_seconds": card["train_seconds"],
                            "epochs": card["epochs"], "device": card.get("device"),
                            **victim_scores(victim, task)})
-    render()
+    render(note)
 
 
-def render() -> None:
+def render(extra_note: str = "") -> None:
     rows = [[r["name"], r.get("preset") or "", r["arch"], f"{r['parameters']:,}", str(r.get("epochs", "")),
              f"{r['train_seconds'] / 60:.1f}" if r["train_seconds"] else "", f"{100 * r['linear_1pct']:.1f}",
              f"{100 * r['linear_full']:.1f}", f"{100 * r['knn']:.1f}"] for r in load_rows(JSONL)]
     header = ["encoder", "preset", "arch", "params", "epochs", "train min", "lin 1%", "lin full", "kNN"]
     note = ("FMNIST probes: train on FMNIST train labels (600 for 1 %), test on FMNIST test[5000:]. Training "
             "time is what the victim's card recorded on the machine that trained it.")
-    write_markdown(MARKDOWN, "Victims on Fashion-MNIST", format_table(header, rows, markdown=True), note)
+    write_markdown(MARKDOWN, "Victims on Fashion-MNIST", format_table(header, rows, markdown=True),
+                   f"{note} {extra_note}".strip())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["simclr"])
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--note", default="", help="a caveat to print under the table (e.g. a contended run)")
     args = parser.parse_args()
-    run(args.methods, args.preset)
+    run(args.methods, args.preset, args.note)
 
 
 if __name__ == "__main__":
