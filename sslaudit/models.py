@@ -154,5 +154,16 @@ def build_encoder(arch: str, spec: InputSpec, **kwargs: object) -> Encoder:
     return Encoder(backbone, spec, backbone.out_dim, arch)
 
 
+def init_transformer_weights(module: nn.Module) -> None:
+    """ViT/Swin/MAE initialisation: truncated-normal (0.02) linears with zero bias, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

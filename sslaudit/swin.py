@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslaudit.models import init_transformer_weights
+
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """``(B, H, W, C)`` -> ``(B * nW, ws * ws, C)``, windows in row-major order."""
@@ -134,7 +136,7 @@ class Swin(nn.Module):
             self.stages.append(nn.ModuleList(SwinBlock(dim, n_heads, window, d % 2 == 1, mlp_ratio)
                                              for d in range(depth)))
         self.norm, self.out_dim = nn.LayerNorm(dim), dim
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def regions(self, images: torch.Tensor) -> torch.Tensor:
         """Final-stage tokens after the last LayerNorm, ``(B, T, out_dim)`` in row-major order."""
@@ -151,17 +153,6 @@ class Swin(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The served feature: mean of the normalised final tokens, ``(B, out_dim)``."""
         return self.regions(images).mean(1)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Swin's initialisation: truncated-normal (0.02) linears with zero bias, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class TinySwin(Swin):

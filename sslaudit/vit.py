@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslaudit.models import init_transformer_weights
+
 
 def sincos_position_embedding(grid: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sin-cos embedding ``(grid * grid, dim)`` in row-major patch order (MAE's choice).
@@ -54,17 +56,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def init_weights(module: nn.Module) -> None:
-    """ViT/MAE initialisation: truncated-normal (0.02) linears with zero bias, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class ViT(nn.Module):
     """ViT on ``image_size``-px images cut into ``patch_size`` patches; ``out_dim`` = ``dim``.
 
@@ -82,7 +73,7 @@ class ViT(nn.Module):
         self.register_buffer("pos_embed", sincos_position_embedding(self.grid, dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(init_weights)
+        self.apply(init_transformer_weights)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))  # as a linear layer (MAE)
         nn.init.zeros_(self.patch_embed.bias)
 

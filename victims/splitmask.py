@@ -43,7 +43,8 @@ from sslaudit.patch_tokenizer import PatchTokenizer
 from sslaudit.registry import register_victim
 from sslaudit.train import TrainConfig, fit
 from sslaudit.victim import Victim, make_card
-from sslaudit.vit import Block, init_weights, sincos_position_embedding
+from sslaudit.models import init_transformer_weights
+from sslaudit.vit import Block, sincos_position_embedding
 
 
 def random_split(batch: int, num_patches: int, gen: torch.Generator | None = None,
@@ -85,7 +86,7 @@ class SplitDecoder(nn.Module):
         self.register_buffer("pos_embed", sincos_position_embedding(grid, dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(init_weights)
+        self.apply(init_transformer_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, visible: torch.Tensor, seen: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
