@@ -21,19 +21,21 @@ from sslaudit.table import format_table
 from sslaudit.zoo import find_victim, train_victim
 
 JSONL, MARKDOWN = RESULTS / "victims.jsonl", RESULTS / "victims.md"
+RANDOM_INIT_ARCHS = ("convnet", "vit-tiny", "swin-tiny")  # the tiny victims' backbones
 
 
 def baselines(task: DownstreamTask) -> list[dict]:
     pixels = lambda data: data.images.flatten(1).float() / 255  # noqa: E731
     torch.manual_seed(0)
     _, channels, size, _ = task.train.images.shape
-    random_init = build_encoder("convnet", InputSpec(channels=channels, size=size))
-    return [
-        {"name": "raw pixels", "arch": "—", "parameters": 0, "train_seconds": 0,
-         **evaluate_features(pixels(task.train), pixels(task.test), task)},
-        {"name": "random init", "arch": "convnet", "parameters": count_parameters(random_init), "train_seconds": 0,
-         **evaluate_encoder(random_init, task)},
-    ]
+    rows = [{"name": "raw pixels", "arch": "—", "parameters": 0, "train_seconds": 0,
+             **evaluate_features(pixels(task.train), pixels(task.test), task)}]
+    for arch in RANDOM_INIT_ARCHS:
+        torch.manual_seed(0)
+        encoder = build_encoder(arch, InputSpec(channels=channels, size=size))
+        rows.append({"name": "random init", "arch": arch, "parameters": count_parameters(encoder),
+                     "train_seconds": 0, **evaluate_encoder(encoder, task)})
+    return rows
 
 
 def run(methods: list[str], preset: str, note: str = "") -> None:
