@@ -16,7 +16,7 @@ import torch
 
 from sslaudit.api import Defense, SimulatedAPI
 from sslaudit.data import ImageData
-from sslaudit.evaluate import METRICS, evaluate_encoder, fidelity, gain_recovered, transfer_ratio
+from sslaudit.evaluate import METRICS, evaluate_encoder, evaluate_features, fidelity, gain_recovered, transfer_ratio
 from sslaudit.features import embed
 from sslaudit.models import build_encoder, count_parameters
 from sslaudit.protocol import DownstreamTask
@@ -55,7 +55,8 @@ def steal(
     torch.manual_seed(seed)
     floor_encoder = build_encoder(result.encoder.arch, result.encoder.spec)
     floor = evaluate_encoder(floor_encoder, task)
-    stolen = evaluate_encoder(result.encoder, task)
+    stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
+    stolen = evaluate_features(embed(result.encoder, task.train.images), stolen_test, task)
     victim_test = embed(victim.encoder, task.test.images)
     ledger = api.ledger(result.account)
     return {
@@ -68,7 +69,7 @@ def steal(
             "arch": result.encoder.arch,
             "parameters": count_parameters(result.encoder),
             **stolen,
-            "fidelity": fidelity(embed(result.encoder, task.test.images), victim_test),
+            "fidelity": fidelity(stolen_test, victim_test),
             "transfer_ratio": {m: transfer_ratio(stolen[m], v_scores[m]) for m in METRICS},
             "gain_recovered": {m: gain_recovered(stolen[m], v_scores[m], floor[m]) for m in METRICS},
             "train_seconds": round(attack_seconds, 1),
