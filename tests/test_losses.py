@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from sslaudit.attacks.direct_extraction import DirectExtraction, answer_statistics, info_nce_loss, mse_loss
+from sslaudit.attacks.direct_extraction import (DirectExtraction, answer_statistics, info_nce_loss, mse_loss,
+                                               soft_nn_loss, wasserstein_loss)
 from sslaudit.victims.simclr import nt_xent_loss
 
 
@@ -73,3 +74,39 @@ def test_answer_statistics_floor_dead_units():
     answers = torch.cat([torch.randn(20, 2), torch.zeros(20, 1)], 1)  # a dead (always-zero) unit
     _, std = answer_statistics(answers, floor=0.05)
     assert std[2] == pytest.approx(0.05 * float(answers.std(0).mean()))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 100.0])
+def test_soft_nn_matches_frosst_formula(temperature):
+    torch.manual_seed(4)
+    s, v = torch.randn(5, 6) * 2, torch.randn(5, 6) * 2
+    z, n = torch.cat([s, v]).double(), 5
+    total = 0.0
+    for a in range(2 * n):
+        partner = a + n if a < n else a - n
+        dist = [float((z[a] - z[b]).pow(2).sum()) for b in range(2 * n)]
+        numerator = math.exp(-dist[partner] / temperature)
+        denominator = sum(math.exp(-dist[b] / temperature) for b in range(2 * n) if b != a)
+        total += -math.log(1e-9 + numerator / denominator)
+    assert soft_nn_loss(s, v, temperature).item() == pytest.approx(total / (2 * n), rel=1e-5)
+
+
+def test_soft_nn_prefers_the_copy():
+    torch.manual_seed(5)
+    v = torch.randn(8, 4) * 3
+    assert soft_nn_loss(v.clone(), v, 1.0) < soft_nn_loss(torch.randn(8, 4) * 3, v, 1.0)
+
+
+def test_wasserstein_matches_cumulative_histogram_formula():
+    torch.manual_seed(6)
+    s, v = torch.rand(4, 5), torch.rand(4, 5)
+    total = 0.0
+    for i in range(4):
+        cs, cv = 0.0, 0.0
+        for j in range(5):
+            cs += float(s[i, j] / s[i].sum())
+            cv += float(v[i, j] / v[i].sum())
+            total += abs(cs - cv)
+    assert wasserstein_loss(s, v).item() == pytest.approx(total / 4, rel=1e-5)
+    assert wasserstein_loss(v, v).item() == pytest.approx(0.0, abs=1e-6)
+    assert wasserstein_loss(3 * v, v).item() == pytest.approx(0.0, abs=1e-6)  # scale-free by construction
