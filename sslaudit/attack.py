@@ -16,6 +16,7 @@ would pay for.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -148,8 +149,10 @@ class StealingAttack:
         results = []
         for budget in budgets:
             part = purchase.prefix(budget)
+            began = time.perf_counter()
             result = self.fit(api, part, seed=seed, progress=progress)
             result.queries, result.cost, result.account = part.queries, part.cost, account
+            result.extra["train_seconds"] = time.perf_counter() - began
             results.append(result)
         return results
 

@@ -115,7 +115,8 @@ def victims_list() -> None:
 @click.option("--mean", default=None, help="external victim: per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", default=None, help="external victim: per-channel std, e.g. 0.229,0.224,0.225")
 @click.option("--attack", "attack_name", default="mse", show_default=True, help="see `sslaudit list`")
-@click.option("--queries", type=int, default=5000, show_default=True, help="query budget (images sent)")
+@click.option("--queries", default="5000", show_default=True,
+              help="query budget (images sent); a list such as 500,1000,2000,5000 gives one row per budget")
 @click.option("--pool", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "digits"]))
 @click.option("--defense", "defense_specs", multiple=True, help="e.g. noise:sigma=0.1 (repeatable, applied in order)")
 @click.option("--stolen-arch", default=None, help="architecture of the stolen encoder (default: convnet)")
@@ -127,15 +128,16 @@ def victims_list() -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write results here")
 @click.option("--progress/--no-progress", default=True)
 def steal(victim_spec: str, preset: str, weights: Path | None, input_size: int | None, channels: int | None,
-          mean: str | None, std: str | None, attack_name: str, queries: int, pool: str, defense_specs: tuple[str, ...],
+          mean: str | None, std: str | None, attack_name: str, queries: str, pool: str, defense_specs: tuple[str, ...],
           stolen_arch: str | None, epochs: int | None, price: float, seed: int, eval_train: int | None,
           eval_test: int | None, json_path: Path | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.protocol import attack_pool, downstream_task
-    from sslaudit.steal import steal as run_steal
+    from sslaudit.steal import steal_curve
     from sslaudit.table import results_table
     from sslaudit.zoo import resolve_victim
 
+    budgets = _budgets(queries)
     native = _native_input(input_size, channels, mean, std)
     victim = _friendly(lambda: resolve_victim(victim_spec, preset, progress=progress, weights=weights, native=native))
     attack = _build_attack(attack_name, stolen_arch, epochs)
@@ -143,13 +145,24 @@ def steal(victim_spec: str, preset: str, weights: Path | None, input_size: int |
     task = _friendly(lambda: downstream_task(eval_train, eval_test))
     images = attack_pool(pool, size=victim.encoder.spec.size)
     click.echo(f"stealing {victim.name} with {attack_name}, {queries} queries from {images.name}", err=True)
-    report = run_steal(victim, attack, images, queries, task, defenses=defenses, price_per_1k=price, seed=seed,
-                       progress=progress)
-    click.echo(results_table(report))
+    reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price, seed=seed,
+                          progress=progress)
+    click.echo(results_table(reports))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
+        json_path.write_text(json.dumps(reports[0] if len(reports) == 1 else {"curve": reports}, indent=2))
         click.echo(f"wrote {json_path}", err=True)
+
+
+def _budgets(text: str) -> list[int]:
+    """``"500,1000"`` → ``[500, 1000]``; every budget a positive whole number of queries."""
+    try:
+        budgets = sorted({int(item) for item in text.split(",") if item.strip()})
+    except ValueError:
+        raise click.BadParameter(f"--queries takes whole numbers such as 5000 or 500,1000,2000; got {text!r}")
+    if not budgets or budgets[0] < 1:
+        raise click.BadParameter(f"--queries must be positive; got {text!r}")
+    return budgets
 
 
 def _native_input(size: int | None, channels: int | None, mean: str | None, std: str | None) -> object:

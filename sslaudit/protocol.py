@@ -75,3 +75,17 @@ def downstream_task(train_limit: int | None = None, test_limit: int | None = Non
         test = test.subset(slice(0, test_limit))
     per_class = max(1, round(FEW_LABEL_FRACTION * len(train) / train.num_classes))
     return DownstreamTask("fashion-mnist", train, test, stratified_index(train.labels, per_class, seed=0))
+
+
+def validation_task() -> DownstreamTask:
+    """For choosing an attack's settings without test data: probes train on FMNIST train[:50000] and
+    test on FMNIST train[50000:] (the victim saw these images unlabelled; the attacker never queried them).
+
+    >>> task = validation_task()  # doctest: +SKIP
+    """
+    full = load_dataset("fashion-mnist", "train")
+    train = full.subset(slice(0, 50000), "fashion-mnist:train[:50000]")
+    held_out = full.subset(slice(50000, None), "fashion-mnist:train[50000:]")
+    per_class = round(FEW_LABEL_FRACTION * len(train) / train.num_classes)
+    return DownstreamTask("fashion-mnist-validation", train, held_out,
+                          stratified_index(train.labels, per_class, seed=0))

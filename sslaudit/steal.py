@@ -6,6 +6,7 @@ downstream split, since they depend only on the victim and the split.
 
 >>> report = steal(victim, DirectExtraction(loss="mse"), attack_pool("fashion-mnist"), 5000, downstream_task())  # doctest: +SKIP
 >>> report["stolen"]["gain_recovered"]["linear_full"]  # doctest: +SKIP
+>>> reports = steal_curve(victim, DirectExtraction(loss="mse"), pool, [500, 1000, 2000, 5000], task)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -46,41 +47,72 @@ def steal(
     progress: bool = False,
 ) -> dict:
     """Run ``attack`` against ``victim`` behind a simulated API and score everything."""
+    return steal_curve(victim, attack, pool, [budget], task, defenses=defenses, price_per_1k=price_per_1k,
+                       seed=seed, progress=progress)[0]
+
+
+def steal_curve(
+    victim: Victim,
+    attack: object,
+    pool: ImageData,
+    budgets: Sequence[int],
+    task: DownstreamTask,
+    *,
+    defenses: Sequence[Defense] = (),
+    price_per_1k: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict]:
+    """One report per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
+
+    Attacks without ``run_curve`` are run once per budget against a fresh API.
+    """
+    budgets = sorted(set(budgets))
     began = time.perf_counter()
-    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k)
     v_scores = victim_scores(victim, task)
+    make_api = lambda: SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k)  # noqa: E731
+    api = make_api()
     attack_began = time.perf_counter()
-    result = attack.run(api, pool, budget, seed=seed, progress=progress)
+    if hasattr(attack, "run_curve"):
+        results = attack.run_curve(api, pool, budgets, seed=seed, progress=progress)
+    else:
+        results = [attack.run(make_api(), pool, b, seed=seed, progress=progress) for b in budgets]
     attack_seconds = time.perf_counter() - attack_began
     torch.manual_seed(seed)
-    floor_encoder = build_encoder(result.encoder.arch, result.encoder.spec)
+    floor_encoder = build_encoder(results[0].encoder.arch, results[0].encoder.spec)
     floor = evaluate_encoder(floor_encoder, task)
-    stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
-    stolen = evaluate_features(embed(result.encoder, task.train.images), stolen_test, task)
     victim_test = embed(victim.encoder, task.test.images)
-    ledger = api.ledger(result.account)
-    return {
-        "victim": {"name": victim.name, "method": victim.card["method"], "arch": victim.card["arch"],
-                   "parameters": count_parameters(victim.encoder), **v_scores},
-        "floor": {"arch": floor_encoder.arch, **floor},
-        "stolen": {
-            "attack": type(attack).__name__,
-            "config": _describe(attack),
-            "arch": result.encoder.arch,
-            "parameters": count_parameters(result.encoder),
-            **stolen,
-            "fidelity": fidelity(stolen_test, victim_test),
-            "transfer_ratio": {m: transfer_ratio(stolen[m], v_scores[m]) for m in METRICS},
-            "gain_recovered": {m: gain_recovered(stolen[m], v_scores[m], floor[m]) for m in METRICS},
-            "train_seconds": round(attack_seconds, 1),
-            "final_loss": result.history.loss[-1] if result.history.loss else None,
-        },
-        "queries": {"budget": budget, "sent": ledger.images, "calls": ledger.calls, "cost": ledger.cost,
-                    "price_per_1k": price_per_1k, "pool": pool.name},
-        "defenses": [_describe(d) for d in defenses],
-        "task": task.key,
-        "run": run_info(seed=seed, wall_seconds=time.perf_counter() - began),
-    }
+    ledger = api.ledger(results[0].account)
+    reports = []
+    for budget, result in zip(budgets, results):
+        stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
+        stolen = evaluate_features(embed(result.encoder, task.train.images), stolen_test, task)
+        seconds = result.extra.get("train_seconds", attack_seconds if len(budgets) == 1 else None)
+        reports.append({
+            "victim": {"name": victim.name, "method": victim.card["method"], "arch": victim.card["arch"],
+                       "parameters": count_parameters(victim.encoder), **v_scores},
+            "floor": {"arch": floor_encoder.arch, **floor},
+            "stolen": {
+                "attack": type(attack).__name__,
+                "config": _describe(attack),
+                "arch": result.encoder.arch,
+                "parameters": count_parameters(result.encoder),
+                **stolen,
+                "fidelity": fidelity(stolen_test, victim_test),
+                "transfer_ratio": {m: transfer_ratio(stolen[m], v_scores[m]) for m in METRICS},
+                "gain_recovered": {m: gain_recovered(stolen[m], v_scores[m], floor[m]) for m in METRICS},
+                "train_seconds": None if seconds is None else round(seconds, 1),
+                "final_loss": result.history.loss[-1] if result.history.loss else None,
+                "extra": {k: v for k, v in result.extra.items() if k != "train_seconds"},
+            },
+            "queries": {"budget": budget, "sent": result.queries, "cost": result.cost,
+                        "account_total": ledger.images, "calls": ledger.calls, "price_per_1k": price_per_1k,
+                        "pool": pool.name},
+            "defenses": [_describe(d) for d in defenses],
+            "task": task.key,
+            "run": run_info(seed=seed, wall_seconds=time.perf_counter() - began),
+        })
+    return reports
 
 
 def _describe(obj: object) -> dict:

@@ -25,21 +25,23 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown:
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
-def results_table(report: dict, markdown: bool = False) -> str:
-    """Victim vs stolen vs random-init floor: probes, kNN, fidelity, transfer, gain, queries, cost, time."""
-    v, s, f, q = report["victim"], report["stolen"], report["floor"], report["queries"]
+def results_table(reports: dict | Sequence[dict], markdown: bool = False) -> str:
+    """Victim, one stolen row per report (budget), random-init floor: probes, kNN, fidelity, gain, cost, time."""
+    reports = [reports] if isinstance(reports, dict) else list(reports)
+    v, f = reports[0]["victim"], reports[0]["floor"]
     header = ["encoder", "lin 1%", "lin full", "kNN", "cos", "CKA", "transfer 1%/full", "gain 1%/full",
               "queries", "cost", "seconds"]
-    tr, gr, fid = s["transfer_ratio"], s["gain_recovered"], s["fidelity"]
-    rows = [
-        [f"victim ({v['method']}, {v['arch']})", _pct(v["linear_1pct"]), _pct(v["linear_full"]), _pct(v["knn"]),
-         "1.00", "1.00", "1.00 / 1.00", "1.00 / 1.00", "", "", ""],
-        [f"stolen ({s['config'].get('loss', s['attack'])}, {s['arch']})", _pct(s["linear_1pct"]),
-         _pct(s["linear_full"]), _pct(s["knn"]), _num(fid["cosine"]), _num(fid["cka"]),
-         f"{_num(tr['linear_1pct'])} / {_num(tr['linear_full'])}",
-         f"{_num(gr['linear_1pct'])} / {_num(gr['linear_full'])}",
-         str(q["sent"]), f"${q['cost']:.2f}", f"{s['train_seconds']:.0f}"],
-        [f"random init ({f['arch']})", _pct(f["linear_1pct"]), _pct(f["linear_full"]), _pct(f["knn"]),
-         "", "", "", "0.00 / 0.00", "", "", ""],
-    ]
+    rows = [[f"victim ({v['method']}, {v['arch']})", _pct(v["linear_1pct"]), _pct(v["linear_full"]),
+             _pct(v["knn"]), "1.00", "1.00", "1.00 / 1.00", "1.00 / 1.00", "", "", ""]]
+    for report in reports:
+        s, q = report["stolen"], report["queries"]
+        tr, gr, fid = s["transfer_ratio"], s["gain_recovered"], s["fidelity"]
+        seconds = "" if s["train_seconds"] is None else f"{s['train_seconds']:.0f}"
+        rows.append([f"stolen ({s['config'].get('loss', s['attack'])}, {s['arch']})", _pct(s["linear_1pct"]),
+                     _pct(s["linear_full"]), _pct(s["knn"]), _num(fid["cosine"]), _num(fid["cka"]),
+                     f"{_num(tr['linear_1pct'])} / {_num(tr['linear_full'])}",
+                     f"{_num(gr['linear_1pct'])} / {_num(gr['linear_full'])}",
+                     str(q["sent"]), f"${q['cost']:.2f}", seconds])
+    rows.append([f"random init ({f['arch']})", _pct(f["linear_1pct"]), _pct(f["linear_full"]), _pct(f["knn"]),
+                 "", "", "", "0.00 / 0.00", "", "", ""])
     return format_table(header, rows, markdown)

@@ -87,3 +87,23 @@ def test_download_without_torchvision_says_how(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
     result = CliRunner().invoke(main, ["data", "download", "fashion-mnist"])
     assert result.exit_code != 0 and "sslaudit[zoo]" in result.output and "Traceback" not in result.output
+
+
+def test_budget_list_buys_once_and_reports_each_prefix(needs_fmnist, victim_file, tmp_path):
+    out = tmp_path / "curve.json"
+    args = ["steal", "--victim", str(victim_file), "--json", str(out), *QUICK]
+    args[args.index("300")] = "300,100"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("stolen (mse") == 2
+    curve = json.loads(out.read_text())["curve"]
+    assert [r["queries"]["sent"] for r in curve] == [100, 300]
+    assert [r["queries"]["cost"] for r in curve] == pytest.approx([0.1, 0.3])
+    assert all(r["queries"]["account_total"] == 300 for r in curve)  # one purchase of the largest budget
+    assert curve[0]["floor"] == curve[1]["floor"]
+
+
+@pytest.mark.parametrize("queries", ["0", "10,abc", ","])
+def test_bad_budget_lists_are_refused(queries, victim_file):
+    result = CliRunner().invoke(main, ["steal", "--victim", str(victim_file), "--queries", queries])
+    assert result.exit_code != 0 and "--queries" in result.output and "Traceback" not in result.output
