@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import (AttackResult, Purchase, StealingAttack, _ordered_pool, _price, batch_config,
+from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, batch_config,
                              build_stolen, query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
@@ -80,10 +80,10 @@ class ContSteal(StealingAttack):
             return super().buy(api, pool, budget, seed=seed, account=account)
         if budget < m:
             raise ValueError(f"a budget of {budget} queries buys no image at {m} views per image")
-        images, rest = _ordered_pool(pool, budget // m, seed)
+        images, rest = ordered_pool(pool, budget // m, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         answers = torch.stack([query_all(api, augment(images, self.augment, gen), account) for _ in range(m)], 1)
-        return Purchase(images, answers, account, _price(api, account), queries_per_image=m, pool_rest=rest)
+        return Purchase(images, answers, account, price_per_query(api, account), queries_per_image=m, pool_rest=rest)
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
             mixed_precision: bool = True) -> AttackResult:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import (AttackResult, Purchase, StealingAttack, _ordered_pool, _price, batch_config,
+from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, batch_config,
                              build_stolen, query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
@@ -109,12 +109,12 @@ class RDA(StealingAttack):
         n = budget // self.views
         if n < 1:
             raise ValueError(f"a budget of {budget} queries buys no image at {self.views} views per image")
-        images, rest = _ordered_pool(pool, n, seed)
+        images, rest = ordered_pool(pool, n, seed)
         prototypes = []
         for views in prototype_views(images, self.views, self.proto_augment, seed):
             answers = F.normalize(query_all(api, views, account).float(), dim=1)
             prototypes.append(answers.view(-1, self.views, answers.shape[1]).mean(1))
-        return Purchase(images, torch.cat(prototypes), account, _price(api, account),
+        return Purchase(images, torch.cat(prototypes), account, price_per_query(api, account),
                         queries_per_image=self.views, pool_rest=rest)
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,

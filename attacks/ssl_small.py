@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, _ordered_pool, batch_config
+from sslaudit.attack import AttackResult, Purchase, StealingAttack, ordered_pool, batch_config
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.models import build_encoder
@@ -120,7 +120,7 @@ class SSLSmall(StealingAttack):
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> Purchase:
         """Send nothing: the whole pool in the seeded order, no answers, 0 queries (``budget`` is ignored)."""
-        images, _ = _ordered_pool(pool, len(pool), seed)
+        images, _ = ordered_pool(pool, len(pool), seed)
         return Purchase(images, images.new_zeros(len(images), 0), account, 0.0, queries_per_image=0)
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,

@@ -80,10 +80,10 @@ class Purchase:
 
 def choose_queries(pool: ImageData, budget: int, seed: int = 0) -> torch.Tensor:
     """``budget`` float images from ``pool`` (nested prefixes of one seeded order)."""
-    return _ordered_pool(pool, budget, seed)[0]
+    return ordered_pool(pool, budget, seed)[0]
 
 
-def _ordered_pool(pool: ImageData, budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ordered_pool(pool: ImageData, budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(the first ``budget`` images of the seeded order, padded with copies; the pool images left over)."""
     if budget < 1:
         raise ValueError("budget must be a positive number of queries")
@@ -129,9 +129,9 @@ class StealingAttack:
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> Purchase:
         """Send the first ``budget`` images of the seeded pool order once each; keep the answers."""
-        images, rest = _ordered_pool(pool, budget, seed)
+        images, rest = ordered_pool(pool, budget, seed)
         answers = query_all(api, images, account)
-        return Purchase(images, answers, account, _price(api, account), pool_rest=rest)
+        return Purchase(images, answers, account, price_per_query(api, account), pool_rest=rest)
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0,
             progress: bool = False) -> AttackResult:
@@ -157,6 +157,6 @@ class StealingAttack:
         return results
 
 
-def _price(api: RepresentationAPI, account: str) -> float:
+def price_per_query(api: RepresentationAPI, account: str) -> float:
     ledger = api.ledger(account)
     return ledger.cost / ledger.images if ledger.images else 0.0

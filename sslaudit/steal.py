@@ -82,7 +82,8 @@ def steal_curve(
     floor_encoder = build_encoder(results[0].encoder.arch, results[0].encoder.spec)
     floor = evaluate_encoder(floor_encoder, task)
     victim_test = embed(victim.encoder, task.test.images)
-    ledger = api.ledger(results[0].account)
+    ledgers = api.ledgers().values()  # every account the attack used (sybils use several)
+    account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
     reports = []
     for budget, result in zip(budgets, results):
         stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
@@ -106,7 +107,7 @@ def steal_curve(
                 "extra": {k: v for k, v in result.extra.items() if k != "train_seconds"},
             },
             "queries": {"budget": budget, "sent": result.queries, "cost": result.cost,
-                        "account_total": ledger.images, "calls": ledger.calls, "price_per_1k": price_per_1k,
+                        "account_total": account_total, "calls": calls, "price_per_1k": price_per_1k,
                         "pool": pool.name},
             "defenses": [_describe(d) for d in defenses],
             "task": task.key,

@@ -1,0 +1,189 @@
+"""Sybil attack: split the budget over several accounts and map their answers into one space.
+
+The adaptive attacker of B4B (Dubiński, Pawlak, Boenisch, Trzciński, Dziedzic, "Bucks for Buckets
+(B4B): Active Defenses Against Stealing Encoders", NeurIPS 2023; code stapaw/b4b-active-encoder-defense,
+``--n_sybils 2 --num_queries_mapping 10000``). A defence that answers each account through its own
+transformation (B4B's per-user affine maps) or that raises the noise with one account's coverage is
+sidestepped by spreading the queries over ``accounts`` accounts:
+
+1. every account sends the same ``anchors`` images (each account pays for them);
+2. the rest of the budget is split into disjoint, near-equal chunks of the pool, one per account;
+3. for each account k > 1 an affine map ``v ↦ v W + b`` from its anchor answers to account 1's is
+   fitted by ridge least squares, its chunk answers are mapped into account 1's space, and everything
+   is merged into one :class:`~sslaudit.attack.Purchase` that an inner attack (default MSE direct
+   extraction) trains on.
+
+Total queries = ``anchors × accounts + chunks`` = the budget, exactly. Accounts are named
+``{account}-1`` … ``{account}-K``; the result's ``account`` is account 1 (the space the copy imitates),
+``extra`` holds every account's ledger and each map's fit and leave-one-out errors. Only ``inner.fit``
+is used (one answer per image); ``SelfTraining(base=SybilAttack())`` composes.
+
+Anchors: B4B used 10,000 anchors per account with 50,000+ queries. Here the default is 10 % of the
+budget per account (20 % of it spent on anchors with two accounts). A map with bias from d dimensions
+needs ≥ d + 1 anchors to be determined (257 for d = 256), which small budgets cannot afford, so the map
+is a ridge regression shrunk towards the identity (accounts are assumed to be served alike until the
+anchors say otherwise: directions the anchors never span are passed through, not zeroed), and the
+ridge strength is chosen by closed-form leave-one-out error on the anchors unless ``ridge`` is given.
+
+Budget curves are not nested prefixes here (each budget changes the anchor count and every account's
+chunk), so :meth:`SybilAttack.run_curve` buys each budget afresh, on accounts named ``{account}@{budget}-k``.
+
+>>> result = SybilAttack(accounts=2).run(api, pool, budget=5000)  # doctest: +SKIP
+>>> result.extra["ledgers"], result.extra["mapping_error"]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+
+from sslaudit.api import RepresentationAPI
+from sslaudit.attack import AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, query_all
+from sslaudit.attacks.direct_extraction import DirectExtraction
+from sslaudit.data import ImageData
+from sslaudit.registry import register_attack
+
+RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # x mean eigenvalue of Xcᵀ Xc
+
+
+@dataclass
+class SybilPurchase(Purchase):
+    """A merged purchase: ``images``/``answers`` in account 1's space; ``sent`` queries over all accounts.
+
+    ``owner[i]`` is the index of the account that bought row i (anchors count as account 0's).
+    """
+
+    sent: int = 0
+    owner: torch.Tensor | None = None
+    report: dict = field(default_factory=dict)
+
+    @property
+    def queries(self) -> int:
+        return self.sent
+
+    def prefix(self, queries: int) -> "Purchase":
+        """Only the whole purchase: a sybil purchase is not nested across budgets."""
+        if queries != self.sent:
+            raise ValueError(f"a sybil purchase of {self.sent} queries has no {queries}-query prefix; buy afresh")
+        return self
+
+
+def fit_affine_map(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None,
+                   prior: str = "identity") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(W, b, info) minimising ||x W + b - y||² + λ ||W - P||², P = I (``prior="identity"``) or 0.
+
+    λ = ``ridge`` × the mean eigenvalue of the centred Gram matrix; ``ridge=None`` picks it from
+    :data:`RIDGE_GRID` by the closed-form leave-one-out error. ``info`` has the relative errors.
+    """
+    x, y = x.double(), y.double()
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    p = torch.eye(x.shape[1], y.shape[1], dtype=x.dtype) if prior == "identity" else x.new_zeros(x.shape[1], y.shape[1])
+    r = yc - xc @ p  # what the map must add to the prior
+    u, s, vt = torch.linalg.svd(xc, full_matrices=False)
+    unit = max(float(s.pow(2).sum()) / x.shape[1], 1e-12)
+    spread = float(yc.norm()) or 1.0
+    uty = u.T @ r
+    best: tuple[float, float] | None = None
+    for rel in RIDGE_GRID if ridge is None else (ridge,):
+        shrink = s.pow(2) / (s.pow(2) + rel * unit)
+        resid = r - u @ (shrink[:, None] * uty)
+        leverage = (u.pow(2) * shrink).sum(1) + 1 / len(x)  # + the mean's share
+        loo = float((resid / (1 - leverage).clamp_min(1e-6)[:, None]).norm()) / spread
+        if best is None or loo < best[1]:
+            best = (rel, loo)
+    rel, loo = best
+    w = p + vt.T @ ((s / (s.pow(2) + rel * unit))[:, None] * uty)
+    b = my - mx @ w
+    fit_error = float((x @ w + b - y).norm()) / spread
+    return w.float(), b.float(), {"ridge": rel, "fit_error": fit_error, "loo_error": loo}
+
+
+@dataclass(kw_only=True)
+class SybilAttack(StealingAttack):
+    """Spread the budget over ``accounts`` accounts, align them on shared anchors, train ``inner``."""
+
+    accounts: int = 2
+    anchors: int | None = None  # per account; None: ceil(anchor_fraction × budget)
+    anchor_fraction: float = 0.1
+    ridge: float | None = None  # relative ridge strength; None: leave-one-out over RIDGE_GRID
+    prior: str = "identity"  # shrink the map towards "identity" or "zero"
+    inner: StealingAttack | None = None  # default DirectExtraction(loss="mse")
+
+    def __post_init__(self) -> None:
+        if self.accounts < 2:
+            raise ValueError("a sybil attack needs accounts >= 2")
+        if not 0 < self.anchor_fraction < 1 or (self.anchors is not None and self.anchors < 1):
+            raise ValueError("anchors must be >= 1 and anchor_fraction in (0, 1)")
+        if self.prior not in ("identity", "zero"):
+            raise ValueError("prior must be 'identity' or 'zero'")
+        inner = self.inner or DirectExtraction(loss="mse")
+        changes = {k: v for k, v in (("stolen_arch", self.stolen_arch), ("train", self.train)) if v is not None}
+        self.inner = replace(inner, **changes) if changes else inner  # so the CLI's overrides reach it
+        self.stolen_arch, self.train = self.inner.stolen_arch, self.inner.train
+
+    def anchor_count(self, budget: int) -> int:
+        """Anchors per account for ``budget``; a clear error when the budget cannot pay for them."""
+        anchors = self.anchors if self.anchors is not None else math.ceil(self.anchor_fraction * budget)
+        if anchors * self.accounts > budget:
+            raise ValueError(f"a budget of {budget} cannot pay for {anchors} anchors on each of {self.accounts}"
+                             f" accounts ({anchors * self.accounts} queries); lower anchors or raise the budget")
+        return anchors
+
+    def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
+            account: str = "attacker") -> SybilPurchase:
+        """Anchors on every account, one disjoint chunk each, chunks mapped into account 1's space."""
+        a = self.anchor_count(budget)
+        rest = budget - a * self.accounts
+        sizes = [rest // self.accounts + (k < rest % self.accounts) for k in range(self.accounts)]
+        images, pool_rest = ordered_pool(pool, a + rest, seed)
+        anchors, bounds = images[:a], [a + sum(sizes[:k]) for k in range(self.accounts + 1)]
+        names = [f"{account}-{k + 1}" for k in range(self.accounts)]
+        reference, answers, owner, errors = None, [], [], {}
+        for k, name in enumerate(names):
+            chunk = images[bounds[k] : bounds[k + 1]]
+            got = query_all(api, torch.cat([anchors, chunk]), name)
+            seen, mine = got[:a], got[a:]
+            if k == 0:
+                reference = seen
+                answers += [seen, mine]
+                owner += [torch.zeros(a + len(chunk), dtype=torch.long)]
+                continue
+            w, b, info = fit_affine_map(seen, reference, self.ridge, self.prior)
+            answers.append(mine @ w + b)
+            owner.append(torch.full((len(chunk),), k, dtype=torch.long))
+            errors[name] = info
+        report = {"accounts": names, "anchors": a, "chunks": sizes, "mapping_error": errors,
+                  "ledgers": {name: api.ledger(name).to_dict() for name in names}}
+        return SybilPurchase(images, torch.cat(answers), names[0], price_per_query(api, names[0]), pool_rest=pool_rest,
+                             sent=budget, owner=torch.cat(owner), report=report)
+
+    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0,
+            progress: bool = False) -> AttackResult:
+        """Train the inner attack on the merged purchase; spends no queries."""
+        result = self.inner.fit(api, purchase, seed=seed, progress=progress)
+        result.queries, result.cost, result.account = purchase.queries, purchase.cost, purchase.account
+        if isinstance(purchase, SybilPurchase):
+            result.extra.update(purchase.report)
+        return result
+
+    def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
+                  account: str = "attacker", progress: bool = False) -> list[AttackResult]:
+        """One fresh purchase per budget (prefixes are not nested across accounts)."""
+        results = []
+        for budget in budgets:
+            purchase = self.buy(api, pool, budget, seed=seed, account=account if len(budgets) == 1 else
+                                f"{account}@{budget}")
+            began = time.perf_counter()
+            result = self.fit(api, purchase, seed=seed, progress=progress)
+            result.extra["train_seconds"] = time.perf_counter() - began
+            results.append(result)
+        return results
+
+
+@register_attack("sybil")
+def _sybil(**overrides: object) -> SybilAttack:
+    return SybilAttack(**overrides)
