@@ -7,7 +7,6 @@ from sslaudit.api import Ledger, SimulatedAPI
 from sslaudit.attack import choose_queries, query_all
 from sslaudit.attacks.direct_extraction import DirectExtraction
 from sslaudit.data import ImageData
-from sslaudit.evaluate import fidelity
 from sslaudit.features import embed
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.train import TrainConfig
@@ -17,6 +16,25 @@ def smooth_images(n, seed=0):
     """Low-frequency random images (7x7 noise upsampled): structure a convnet can map."""
     low = torch.rand(n, 1, 7, 7, generator=torch.Generator().manual_seed(seed))
     return torch.nn.functional.interpolate(low, size=28, mode="bilinear", align_corners=False)
+
+
+def calibrated_victim(seed=123):
+    """A random convnet-small whose BatchNorm statistics are set on smooth images, so its answers differ
+    per image (an uncalibrated one answers almost the same vector for everything)."""
+    torch.manual_seed(seed)
+    victim = build_encoder("convnet-small", InputSpec())
+    for module in victim.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+            module.reset_running_stats()
+    with torch.no_grad():
+        victim.train()(smooth_images(512, seed=9))
+    return victim.eval()
+
+
+def centred_cosine(a, b):
+    """Mean cosine after removing each side's mean answer: copying the mean direction scores 0."""
+    return float(torch.nn.functional.cosine_similarity(a - a.mean(0), b - b.mean(0)).mean())
 
 
 def pool(n, seed=0):
@@ -62,8 +80,7 @@ QUICK = TrainConfig(epochs=10, batch_size=32, lr=3e-3, optimizer="adamw", warmup
 
 @pytest.mark.parametrize("loss", ["mse", "infonce"])
 def test_short_steal_through_the_interface_improves_fidelity(loss):
-    torch.manual_seed(123)
-    victim = build_encoder("convnet-small", InputSpec()).eval()
+    victim = calibrated_victim()
     api = OnlyTheAPI(SimulatedAPI(victim, price_per_1k=1.0, device=torch.device("cpu")))
     attack = DirectExtraction(loss=loss, stolen_arch="convnet-small", augment_stolen=False, train=QUICK)
     p = pool(256)
@@ -73,9 +90,9 @@ def test_short_steal_through_the_interface_improves_fidelity(loss):
     target = embed(victim, test_images)
     torch.manual_seed(0)
     random_init = build_encoder("convnet-small", api.spec)
-    before = fidelity(embed(random_init, test_images), target)
-    after = fidelity(embed(result.encoder, test_images), target)
-    assert after["cosine"] > before["cosine"] + 0.1, (before, after)
+    before = centred_cosine(embed(random_init, test_images), target)
+    after = centred_cosine(embed(result.encoder, test_images), target)
+    assert after > before + 0.25, (before, after)  # 0.09 -> 0.51 (MSE), 0.53 (InfoNCE); 0.06 with the loss zeroed
 
 
 def test_budget_never_exceeded(encoder):
