@@ -89,6 +89,11 @@ class SelfTraining(StealingAttack):
         """``student_train``, else STUDENT_TRAIN for a teacher-initialised student, the base's for a fresh one."""
         return self.student_train or (STUDENT_TRAIN if self.init == "teacher" else self.base.train)
 
+    def with_epochs(self, epochs: int) -> "SelfTraining":
+        """Both phases (the base's and the student's) run ``epochs`` epochs."""
+        return replace(self, train=replace(self.train, epochs=epochs),
+                       student_train=replace(self.student_config, epochs=epochs))
+
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> Purchase:
         """The base attack's purchase (self-training adds no query)."""

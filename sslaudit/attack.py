@@ -126,6 +126,10 @@ class StealingAttack:
     stolen_arch: str | None = None  # None: the tiny convnet
     train: TrainConfig | None = None
 
+    def with_epochs(self, epochs: int) -> "StealingAttack":
+        """A copy whose training runs ``epochs`` epochs (every phase, for multi-phase recipes)."""
+        return replace(self, train=replace(self.train, epochs=epochs))
+
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> Purchase:
         """Send the first ``budget`` images of the seeded pool order once each; keep the answers."""

@@ -120,7 +120,7 @@ def victims_list() -> None:
 @click.option("--pool", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "digits"]))
 @click.option("--defense", "defense_specs", multiple=True, help="e.g. noise:sigma=0.1 (repeatable, applied in order)")
 @click.option("--stolen-arch", default=None, help="architecture of the stolen encoder (default: convnet)")
-@click.option("--epochs", type=int, default=None, help="override the attack's training epochs")
+@click.option("--epochs", type=int, default=None, help="override the attack's training epochs (every phase)")
 @click.option("--price", type=float, default=1.0, show_default=True, help="API price per 1,000 images")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-train", type=int, default=None, help="probe on a stratified subset of N train images (quick runs)")
@@ -187,7 +187,7 @@ def _build_attack(name: str, stolen_arch: str | None, epochs: int | None) -> obj
             raise click.BadParameter(f"unknown architecture {stolen_arch!r}; choose from {', '.join(BACKBONES)}")
         attack = dataclasses.replace(attack, stolen_arch=stolen_arch)
     if epochs:
-        attack = dataclasses.replace(attack, train=dataclasses.replace(attack.train, epochs=epochs))
+        attack = attack.with_epochs(epochs)
     return attack
 
 

@@ -107,3 +107,17 @@ def test_budget_list_buys_once_and_reports_each_prefix(needs_fmnist, victim_file
 def test_bad_budget_lists_are_refused(queries, victim_file):
     result = CliRunner().invoke(main, ["steal", "--victim", str(victim_file), "--queries", queries])
     assert result.exit_code != 0 and "--queries" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("attack", ["softnn", "wasserstein", "stolenencoder", "contsteal", "rda", "simreg",
+                                    "sybil", "self-train", "ssl-small"])
+def test_every_recipe_runs_through_the_cli(needs_fmnist, victim_file, tmp_path, attack):
+    out = tmp_path / f"{attack}.json"
+    args = ["steal", "--victim", str(victim_file), "--attack", attack, "--json", str(out), *QUICK]
+    args[args.index("--epochs") + 1] = "1"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    expected = 0 if attack == "ssl-small" else 300
+    assert report["queries"]["sent"] == expected == report["queries"]["account_total"]
+    assert 0.0 <= report["stolen"]["linear_full"] <= 1.0
