@@ -24,7 +24,7 @@ from sslaudit.zoo import find_victim, train_victim
 JSONL, MARKDOWN = RESULTS / "finetune.jsonl", RESULTS / "finetune.md"
 
 
-def run(methods: list[str], preset: str, epochs: int) -> None:
+def run(methods: list[str], preset: str, epochs: int, note: str = "") -> None:
     task = downstream_task()
     done = {(r["name"], r["arch"], r["epochs"], r["task"]) for r in load_rows(JSONL)}
     for method in methods:
@@ -40,17 +40,18 @@ def run(methods: list[str], preset: str, epochs: int) -> None:
             append_row(JSONL, {"name": name, "arch": arch, "epochs": epochs, "task": task.key,
                                "finetune_full": accuracy, "seconds": round(time.perf_counter() - began, 1)})
             done.add((name, arch, epochs, task.key))
-    render()
+    render(note)
 
 
-def render() -> None:
+def render(extra_note: str = "") -> None:
     rows = [[r["name"], r["arch"], str(r["epochs"]), f"{100 * r['finetune_full']:.1f}",
              f"{r['seconds'] / 60:.1f}"] for r in load_rows(JSONL)]
     header = ["encoder", "arch", "epochs", "fine-tune acc", "minutes"]
     note = ("Fine-tuning: encoder + linear head (on BatchNorm-standardised features) trained end to end on all "
             "60,000 FMNIST train labels with AdamW lr 1e-3, wd 0.05, batch 256, warm-up + cosine, random crops "
             "(0.5-1); accuracy on FMNIST test[5000:].")
-    write_markdown(MARKDOWN, "Fine-tuning on Fashion-MNIST", format_table(header, rows, markdown=True), note)
+    write_markdown(MARKDOWN, "Fine-tuning on Fashion-MNIST", format_table(header, rows, markdown=True),
+                   f"{note} {extra_note}".strip())
 
 
 def main() -> None:
@@ -58,8 +59,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["splitmask"])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--note", default="", help="a caveat to print under the table (e.g. a contended run)")
+    parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    run(args.methods, args.preset, args.epochs)
+    if args.render_only:
+        render(args.note)
+        return
+    run(args.methods, args.preset, args.epochs, args.note)
 
 
 if __name__ == "__main__":

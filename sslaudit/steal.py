@@ -34,6 +34,18 @@ def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
     return cached
 
 
+_FLOORS: dict[tuple, dict[str, float]] = {}
+
+
+def floor_scores(arch: str, spec: object, seed: int, task: DownstreamTask) -> dict[str, float]:
+    """Probe scores of a random-init ``arch`` built with ``seed``, computed once per process."""
+    key = (arch, repr(spec), seed, task.key)
+    if key not in _FLOORS:
+        torch.manual_seed(seed)
+        _FLOORS[key] = evaluate_encoder(build_encoder(arch, spec), task)
+    return _FLOORS[key]
+
+
 def steal(
     victim: Victim,
     attack: object,
@@ -78,9 +90,8 @@ def steal_curve(
     else:
         results = [attack.run(make_api(), pool, b, seed=seed, progress=progress) for b in budgets]
     attack_seconds = time.perf_counter() - attack_began
-    torch.manual_seed(seed)
-    floor_encoder = build_encoder(results[0].encoder.arch, results[0].encoder.spec)
-    floor = evaluate_encoder(floor_encoder, task)
+    floor_arch = results[0].encoder.arch
+    floor = floor_scores(floor_arch, results[0].encoder.spec, seed, task)
     victim_test = embed(victim.encoder, task.test.images)
     ledgers = api.ledgers().values()  # every account the attack used (sybils use several)
     account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
@@ -92,7 +103,7 @@ def steal_curve(
         reports.append({
             "victim": {"name": victim.name, "method": victim.card["method"], "arch": victim.card["arch"],
                        "parameters": count_parameters(victim.encoder), **v_scores},
-            "floor": {"arch": floor_encoder.arch, **floor},
+            "floor": {"arch": floor_arch, **floor},
             "stolen": {
                 "attack": type(attack).__name__,
                 "config": _describe(attack),
