@@ -22,17 +22,27 @@ L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, num_classes: int, iters: int = 200,
                  init: torch.Tensor | None = None) -> torch.Tensor:
-    """Weights ``(D + 1, K)`` of a multinomial logistic regression (bias in the last row)."""
+    """Weights ``(D + 1, K)`` of a multinomial logistic regression (bias in the last row).
+
+    Minimises mean cross-entropy + (l2 / 2) ||W||² (bias not penalised) with the gradient written out,
+    Xᵀ(softmax(XW) − Y)/n + l2·W: the same objective as autograd's, in half the time.
+    """
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    x1t = x1.T.contiguous()
+    onehot = F.one_hot(y, num_classes).to(x.dtype)
     start = torch.zeros(x1.shape[1], num_classes, dtype=x.dtype) if init is None else init.to(x.dtype)
     w = start.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-5, tolerance_change=1e-9)
 
+    @torch.no_grad()
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x1 @ w, y) + 0.5 * l2 * w[:-1].pow(2).sum()
-        loss.backward()
+        logits = x1 @ w
+        lse = logits.logsumexp(1)
+        loss = (lse - (logits * onehot).sum(1)).mean() + 0.5 * l2 * w[:-1].pow(2).sum()
+        grad = x1t @ (logits - lse[:, None]).exp_().sub_(onehot) / len(x1)
+        grad[:-1] += l2 * w[:-1]
+        w.grad = grad
         return loss
 
     opt.step(closure)

@@ -94,3 +94,18 @@ def test_ratios():
     assert transfer_ratio(0.8, 0.9) == pytest.approx(0.8 / 0.9)
     assert gain_recovered(0.85, 0.88, 0.82) == pytest.approx(0.5)
     assert math.isnan(gain_recovered(0.8, 0.8, 0.8))
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-1])
+def test_logistic_fit_reaches_the_stationary_point_of_the_penalised_cross_entropy(l2):
+    """The hand-written gradient must minimise the objective autograd differentiates independently."""
+    from sslaudit.probe import fit_logistic
+
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 6), torch.randint(0, 4, (300,))
+    w = fit_logistic(x, y, l2, 4).requires_grad_(True)
+    x1 = torch.cat([x, torch.ones(300, 1)], 1)
+    objective = torch.nn.functional.cross_entropy(x1 @ w, y) + 0.5 * l2 * w[:-1].pow(2).sum()
+    objective.backward()
+    assert w.grad.abs().max() < 1e-4
+    assert objective.item() < torch.nn.functional.cross_entropy(x1 @ torch.zeros(7, 4), y).item() - 0.01
