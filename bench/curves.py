@@ -95,7 +95,9 @@ def render() -> None:
              "(victim − floor); transfer = stolen / victim. Probes train on FMNIST train labels and test on FMNIST "
              "test[5000:], never queried. Each (attack, pool) bought its largest budget once and trained one "
              "encoder per budget on nested prefixes (sybil buys per budget). * = zero-query baseline (SSL-Small "
-             "trains on the pool itself), the same value at every budget. 'train s' is the fit time of that row.")
+             "trains on the pool itself), the same value at every budget. 'train s' is the fit time of that row, "
+             f"with {sorted({r['report']['run']['threads'] for r in rows})} torch thread(s); the two pools ran "
+             "as two processes side by side on the two cores, so times are about what one core gives.")
     write_markdown(MARKDOWN, "Queries → quality curves against the tiny SimCLR victim", "\n\n".join(parts), notes)
     plot(rows, pools, specs)
 
