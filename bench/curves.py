@@ -141,6 +141,9 @@ def plot(rows: list[dict], pools: list[str], specs: list[str]) -> None:
                 else:
                     ax.plot(*zip(*pts), marker="o", label=spec)
             ax.set_xscale("log")
+            ticks = sorted({r["budget"] for r in rows if r["budget"] > 0})
+            ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+            ax.minorticks_off()
             ax.set_xlabel("queries")
             ax.set_ylabel("gain recovered")
             ax.set_title(f"{pool}, linear probe with {label}")
