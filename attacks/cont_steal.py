@@ -36,6 +36,7 @@ from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_poo
                              build_stolen, query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
 from sslaudit.train import TrainConfig, fit
 
@@ -43,17 +44,17 @@ PAPER_TRAIN = TrainConfig(epochs=60, batch_size=64, lr=3e-4, weight_decay=1e-4, 
                           warmup_epochs=1)
 
 
+@float32_logits  # τ = 0.07 magnifies bf16 rounding
 def cont_steal_loss(victim: torch.Tensor, stolen: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """-(1/B) Σ_i log[exp(t_i·s_i/τ) / (Σ_{j≠i} exp(t_i·s_j/τ) + Σ_{j≠i} exp(s_i·s_j/τ))], t and s normalised.
 
     ``victim`` (B, d) holds the answers t (no gradient needed), ``stolen`` (B, d) the surrogate's s.
     """
-    with torch.autocast(stolen.device.type, enabled=False):  # full precision: τ = 0.07 magnifies rounding
-        t, s = F.normalize(victim.float(), dim=1), F.normalize(stolen.float(), dim=1)
-        cross, self_sim = t @ s.T / temperature, s @ s.T / temperature
-        eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
-        negatives = torch.cat([cross.masked_fill(eye, float("-inf")), self_sim.masked_fill(eye, float("-inf"))], 1)
-        return (negatives.logsumexp(1) - cross.diagonal()).mean()
+    t, s = F.normalize(victim.float(), dim=1), F.normalize(stolen.float(), dim=1)
+    cross, self_sim = t @ s.T / temperature, s @ s.T / temperature
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    negatives = torch.cat([cross.masked_fill(eye, float("-inf")), self_sim.masked_fill(eye, float("-inf"))], 1)
+    return (negatives.logsumexp(1) - cross.diagonal()).mean()
 
 
 @dataclass(kw_only=True)

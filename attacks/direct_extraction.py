@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from sslaudit.api import RepresentationAPI
 from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config, build_stolen
 from sslaudit.augment import AugmentConfig, augment
+from sslaudit.losses import nt_xent_loss
 from sslaudit.registry import register_attack
 from sslaudit.train import TrainConfig, fit
 
@@ -42,14 +43,10 @@ def mse_loss(stolen: torch.Tensor, victim: torch.Tensor) -> torch.Tensor:
 def info_nce_loss(stolen: torch.Tensor, victim: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """Dziedzic et al.'s InfoNCE: z = [s; v] normalised, each of the 2B rows must pick its partner.
 
-    L = (1/2B) Σ_a -log( exp(ẑ_a·ẑ_p(a)/τ) / Σ_{k≠a} exp(ẑ_a·ẑ_k/τ) ), p(a) = a ± B.
+    L = (1/2B) Σ_a -log( exp(ẑ_a·ẑ_p(a)/τ) / Σ_{k≠a} exp(ẑ_a·ẑ_k/τ) ), p(a) = a ± B: NT-Xent over the
+    stolen and victim views (``sslaudit.losses.nt_xent_loss``), logits in float32.
     """
-    z = F.normalize(torch.cat([stolen, victim]).float(), dim=1)
-    n = len(stolen)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, partners)
+    return nt_xent_loss(stolen, victim, temperature)
 
 
 def soft_nn_loss(stolen: torch.Tensor, victim: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:

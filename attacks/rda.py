@@ -45,6 +45,7 @@ from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_poo
                              build_stolen, query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
 from sslaudit.train import TrainConfig, fit
 
@@ -55,6 +56,7 @@ PAPER_TRAIN = TrainConfig(epochs=100, batch_size=100, lr=1e-3, weight_decay=1e-4
 VIEW_CHUNK = 100  # images whose views share one generator
 
 
+@float32_logits
 def rda_loss(stolen: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.07, alpha: float = 1.0,
              beta: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
     """α·L_D + β·L_A of Wu et al., with s = normalize(stolen) and p the prototypes as given (norm ≤ 1).

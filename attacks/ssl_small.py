@@ -42,13 +42,14 @@ from sslaudit.data import ImageData
 from sslaudit.models import build_encoder
 from sslaudit.registry import register_attack
 from sslaudit.train import TrainConfig, fit
-from sslaudit.victims.esvit import ema_update
+from sslaudit.losses import ema_update, float32_logits
 
 # The released improved baseline's ``--cj 1 --grey-scale 0.5``: ColorJitter(0.8, 0.8, 0.8, 0.4) with p 0.8.
 SSL_SMALL_AUGMENT = AugmentConfig(crop_scale=(0.2, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8,
                                   saturation=0.8, hue=0.4, grayscale_p=0.5)
 
 
+@float32_logits
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.1,
               exclude: torch.Tensor | None = None) -> torch.Tensor:
     """MoCo's InfoNCE: mean_i −log softmax([q̂_i·k̂_i, q̂_i·Q̂_1, …, q̂_i·Q̂_K] / τ)[0], vectors L2-normalised.

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from sslaudit.api import RepresentationAPI
 from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config, build_stolen
 from sslaudit.augment import AugmentConfig, augment
+from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
 from sslaudit.train import TrainConfig, fit
 
@@ -43,6 +44,7 @@ PAPER_TRAIN = TrainConfig(epochs=32, batch_size=32, lr=1e-3, weight_decay=1e-4, 
 DISTANCES = ("l2", "cosine")
 
 
+@float32_logits
 def stolen_encoder_loss(clean: torch.Tensor, views: list[torch.Tensor], victim: torch.Tensor,
                         lam: float = 20.0, distance: str = "l2") -> torch.Tensor:
     """L = d(ŝ, v̂) + (λ/k) Σ_j d(â_j, v̂), each d averaged over the batch, on L2-normalised features.
@@ -52,17 +54,16 @@ def stolen_encoder_loss(clean: torch.Tensor, views: list[torch.Tensor], victim: 
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, not {distance!r}")
-    with torch.autocast(clean.device.type, enabled=False):  # full precision for the loss
-        v = F.normalize(victim.float(), dim=1)
+    v = F.normalize(victim.float(), dim=1)
 
-        def term(stolen: torch.Tensor) -> torch.Tensor:
-            s = F.normalize(stolen.float(), dim=1)
-            return -(s * v).sum(1).mean() if distance == "cosine" else (s - v).norm(dim=1).mean()
+    def term(stolen: torch.Tensor) -> torch.Tensor:
+        s = F.normalize(stolen.float(), dim=1)
+        return -(s * v).sum(1).mean() if distance == "cosine" else (s - v).norm(dim=1).mean()
 
-        loss = term(clean)
-        if views:
-            loss = loss + lam / len(views) * torch.stack([term(a) for a in views]).sum()
-        return loss
+    loss = term(clean)
+    if views:
+        loss = loss + lam / len(views) * torch.stack([term(a) for a in views]).sum()
+    return loss
 
 
 @dataclass(kw_only=True)

@@ -22,9 +22,9 @@ from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit import registry
 from sslaudit.cli import parse_component
-from sslaudit.protocol import attack_pool, downstream_task, validation_task
-from sslaudit.steal import steal_curve
-from sslaudit.table import format_table
+from sslaudit.tasks import attack_pool, downstream_task, validation_task
+from sslaudit.audit import steal_curve
+from sslaudit.report.table import format_table
 from sslaudit.zoo import resolve_victim
 
 JSONL, MARKDOWN, FIGURE = RESULTS / "curves.jsonl", RESULTS / "curves.md", RESULTS / "curves.png"

@@ -17,8 +17,8 @@ from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit.finetune import finetune_accuracy
 from sslaudit.models import InputSpec, build_encoder
-from sslaudit.protocol import downstream_task
-from sslaudit.table import format_table
+from sslaudit.tasks import downstream_task
+from sslaudit.report.table import format_table
 from sslaudit.zoo import find_victim, train_victim
 
 JSONL, MARKDOWN = RESULTS / "finetune.jsonl", RESULTS / "finetune.md"

@@ -21,8 +21,8 @@ from common import RESULTS, write_markdown
 from sslaudit.attacks.direct_extraction import answer_statistics, info_nce_loss, mse_loss
 from sslaudit.attack import choose_queries
 from sslaudit.features import embed
-from sslaudit.protocol import attack_pool
-from sslaudit.table import format_table
+from sslaudit.tasks import attack_pool
+from sslaudit.report.table import format_table
 from sslaudit.zoo import resolve_victim
 
 

@@ -15,9 +15,9 @@ from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit import registry
 from sslaudit.cli import parse_component
-from sslaudit.protocol import attack_pool, downstream_task
-from sslaudit.steal import steal
-from sslaudit.table import format_table
+from sslaudit.tasks import attack_pool, downstream_task
+from sslaudit.audit import steal
+from sslaudit.report.table import format_table
 from sslaudit.zoo import resolve_victim
 
 JSONL, MARKDOWN = RESULTS / "steal.jsonl", RESULTS / "steal.md"

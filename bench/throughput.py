@@ -18,8 +18,8 @@ from sslaudit.api import SimulatedAPI
 from sslaudit.attacks.direct_extraction import DirectExtraction
 from sslaudit.device import pick_device
 from sslaudit.features import embed
-from sslaudit.protocol import victim_training_data
-from sslaudit.table import format_table
+from sslaudit.tasks import victim_training_data
+from sslaudit.report.table import format_table
 from sslaudit.victims.simclr import PRESETS, SimCLR
 from sslaudit.train import History
 from sslaudit.zoo import resolve_victim

@@ -15,9 +15,9 @@ from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit.evaluate import evaluate_encoder, evaluate_features
 from sslaudit.models import InputSpec, build_encoder, count_parameters
-from sslaudit.protocol import DownstreamTask, downstream_task
-from sslaudit.steal import victim_scores
-from sslaudit.table import format_table
+from sslaudit.tasks import DownstreamTask, downstream_task
+from sslaudit.audit import victim_scores
+from sslaudit.report.table import format_table
 from sslaudit.zoo import find_victim, train_victim
 
 JSONL, MARKDOWN = RESULTS / "victims.jsonl", RESULTS / "victims.md"

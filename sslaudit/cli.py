@@ -132,9 +132,9 @@ def steal(victim_spec: str, preset: str, weights: Path | None, input_size: int |
           stolen_arch: str | None, epochs: int | None, price: float, seed: int, eval_train: int | None,
           eval_test: int | None, json_path: Path | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
-    from sslaudit.protocol import attack_pool, downstream_task
-    from sslaudit.steal import steal_curve
-    from sslaudit.table import results_table
+    from sslaudit.tasks import attack_pool, downstream_task
+    from sslaudit.audit import steal_curve
+    from sslaudit.report.table import results_table
     from sslaudit.zoo import resolve_victim
 
     budgets = _budgets(queries)

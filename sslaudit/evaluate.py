@@ -19,7 +19,7 @@ from torch import nn
 
 from sslaudit.features import embed
 from sslaudit.probe import knn_accuracy, linear_probe_accuracy
-from sslaudit.protocol import DownstreamTask
+from sslaudit.tasks import DownstreamTask
 
 METRICS = ("linear_1pct", "linear_full", "knn")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.device import autocast, pick_device
-from sslaudit.protocol import DownstreamTask
+from sslaudit.tasks import DownstreamTask
 from sslaudit.train import TrainConfig, fit
 
 FINETUNE_AUGMENT = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0)

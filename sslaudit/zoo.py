@@ -19,7 +19,7 @@ import torch
 from sslaudit.evaluate import evaluate_encoder
 from sslaudit.external import load_external
 from sslaudit.models import InputSpec
-from sslaudit.protocol import downstream_task, victim_training_data
+from sslaudit.tasks import downstream_task, victim_training_data
 from sslaudit.registry import get_victim, names
 from sslaudit.victim import Victim, config_key
 

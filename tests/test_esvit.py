@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sslaudit.losses import ema_update
 from sslaudit.data import ImageData
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import names
-from sslaudit.swin import SwinBlock, SwinT, TinySwin, shift_mask
+from sslaudit.nets.swin import SwinBlock, SwinT, TinySwin, shift_mask
 from sslaudit.victim import Victim
-from sslaudit.victims.esvit import (PRESETS, DINOHead, EsViT, cosine_to_one, ema_update, esvit_loss, match_regions,
+from sslaudit.victims.esvit import (PRESETS, DINOHead, EsViT, cosine_to_one, esvit_loss, match_regions,
                                     teacher_temperature, update_center)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from sslaudit.attacks.direct_extraction import (DirectExtraction, answer_statistics, info_nce_loss, mse_loss,
                                                soft_nn_loss, wasserstein_loss)
-from sslaudit.victims.simclr import nt_xent_loss
+from sslaudit.losses import nt_xent_loss
 
 
 def cos(a, b):

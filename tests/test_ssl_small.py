@@ -12,7 +12,7 @@ from sslaudit.attacks.ssl_small import KeyQueue, SSLSmall, grouped_forward, moco
 from sslaudit.augment import AugmentConfig
 from sslaudit.registry import get_attack
 from sslaudit.train import TrainConfig
-from sslaudit.victims.esvit import ema_update
+from sslaudit.losses import ema_update
 from tests.test_attack import OnlyTheAPI, pool
 
 

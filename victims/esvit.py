@@ -25,6 +25,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.losses import ema_update
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_victim
 from sslaudit.train import TrainConfig, fit
@@ -68,13 +69,6 @@ def esvit_loss(student: Sequence[View], teacher: Sequence[View], center: torch.T
 def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> None:
     """In place: c ← m·c + (1 − m)·mean of the teacher outputs (over every leading dim)."""
     center.mul_(momentum).add_(teacher_logits.float().reshape(-1, center.shape[-1]).mean(0), alpha=1 - momentum)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """In place: θ_t ← m·θ_t + (1 − m)·θ_s for every parameter."""
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
 
 
 class DINOHead(nn.Module):

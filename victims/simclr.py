@@ -17,23 +17,11 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.losses import nt_xent_loss
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_victim
 from sslaudit.train import TrainConfig, fit
 from sslaudit.victim import Victim, make_card
-
-
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent: mean over the 2N views of -log softmax of the positive among the other 2N-1.
-
-    ``z1[i]`` and ``z2[i]`` are the projections of two views of image ``i``.
-    """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = len(z1)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, positives)
 
 
 class ProjectionHead(nn.Sequential):

@@ -14,7 +14,7 @@ Choices where the paper's details are unverified here (see
 
 - split: a uniform random permutation per image; A = its first ⌊N/2⌋ patches, B = the rest;
 - tokens: k-means (K = 512) on contrast-normalised patches of the training set
-  (:mod:`sslaudit.patch_tokenizer`) in place of the DALL-E tokenizer;
+  (:mod:`sslaudit.nets.patch_tokenizer`) in place of the DALL-E tokenizer;
 - loss: ½ (CE(A→B) + CE(B→A)) + λ · InfoNCE, λ = 1; InfoNCE on cosine
   similarity at τ = 0.2, symmetrised (x_a against all x_b and x_b against all x_a),
   no projection head (the discarded decoder plays that part);
@@ -38,13 +38,14 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.losses import cross_info_nce_loss
 from sslaudit.models import InputSpec, build_encoder
-from sslaudit.patch_tokenizer import PatchTokenizer
+from sslaudit.nets.patch_tokenizer import PatchTokenizer
 from sslaudit.registry import register_victim
 from sslaudit.train import TrainConfig, fit
 from sslaudit.victim import Victim, make_card
-from sslaudit.models import init_transformer_weights
-from sslaudit.vit import Block, sincos_position_embedding
+from sslaudit.nets.layers import init_transformer_weights
+from sslaudit.nets.vit import Block, sincos_position_embedding
 
 
 def random_split(batch: int, num_patches: int, gen: torch.Generator | None = None,
@@ -60,20 +61,12 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def info_nce_loss(xa: torch.Tensor, xb: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """Symmetric InfoNCE: x_a[i] must pick x_b[i] among all x_b (and vice versa), cosine / τ."""
-    a, b = F.normalize(xa.float(), dim=1), F.normalize(xb.float(), dim=1)
-    logits = a @ b.T / temperature
-    labels = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
 def splitmask_loss(logits_ab: torch.Tensor, tokens_b: torch.Tensor, logits_ba: torch.Tensor,
                    tokens_a: torch.Tensor, xa: torch.Tensor, xb: torch.Tensor, *, temperature: float = 0.2,
                    nce_weight: float = 1.0) -> torch.Tensor:
     """½ (CE(A→B) + CE(B→A)) + ``nce_weight`` · InfoNCE(x_a, x_b)."""
     mim = 0.5 * (token_loss(logits_ab, tokens_b) + token_loss(logits_ba, tokens_a))
-    return mim + nce_weight * info_nce_loss(xa, xb, temperature)
+    return mim + nce_weight * cross_info_nce_loss(xa, xb, temperature)
 
 
 class SplitDecoder(nn.Module):

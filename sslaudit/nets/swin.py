@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslaudit.models import init_transformer_weights
+from sslaudit.nets.layers import init_transformer_weights
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslaudit.models import init_transformer_weights
+from sslaudit.nets.layers import init_transformer_weights
 
 
 def sincos_position_embedding(grid: int, dim: int) -> torch.Tensor:

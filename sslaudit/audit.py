@@ -20,7 +20,7 @@ from sslaudit.data import ImageData
 from sslaudit.evaluate import METRICS, evaluate_encoder, evaluate_features, fidelity, gain_recovered, transfer_ratio
 from sslaudit.features import embed
 from sslaudit.models import build_encoder, count_parameters
-from sslaudit.protocol import DownstreamTask
+from sslaudit.tasks import DownstreamTask
 from sslaudit.runinfo import run_info
 from sslaudit.victim import Victim
 

@@ -1,0 +1,1 @@
+"""Renderers of results: terminal and Markdown tables (JSON, HTML come with the audit reports)."""
