@@ -157,7 +157,7 @@ class SSLSmall(StealingAttack):
         return AttackResult(encoder.cpu().eval(), 0, 0.0, history, purchase.account, extra)
 
     def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
-                  account: str = "attacker", progress: bool = False) -> list[AttackResult]:
+                  account: str = "attacker", progress: bool = False, equal_steps: bool = False) -> list[AttackResult]:
         """One encoder trained on the whole pool, the same for every budget (0 queries, cost 0)."""
         if not budgets:
             raise ValueError("give at least one budget")

@@ -133,12 +133,29 @@ class SybilAttack(StealingAttack):
                              f" accounts ({anchors * self.accounts} queries); lower anchors or raise the budget")
         return anchors
 
+    def chunk_sizes(self, budget: int) -> tuple[int, list[int]]:
+        """(anchors per account, each account's disjoint chunk) for ``budget``."""
+        a = self.anchor_count(budget)
+        rest = budget - a * self.accounts
+        return a, [rest // self.accounts + (k < rest % self.accounts) for k in range(self.accounts)]
+
+    def _prefix(self, budgets: Sequence[int], budget: int, account: str) -> str:
+        return account if len(budgets) == 1 else f"{account}@{budget}"
+
+    def account_budgets(self, budgets: Sequence[int], account: str = "attacker") -> dict[str, int]:
+        """Each sybil account's share: its anchors plus its chunk, for every budget of the curve."""
+        shares = {}
+        for budget in budgets:
+            a, sizes = self.chunk_sizes(budget)
+            prefix = self._prefix(budgets, budget, account)
+            shares.update({f"{prefix}-{k + 1}": a + size for k, size in enumerate(sizes)})
+        return shares
+
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> SybilPurchase:
         """Anchors on every account, one disjoint chunk each, chunks mapped into account 1's space."""
-        a = self.anchor_count(budget)
-        rest = budget - a * self.accounts
-        sizes = [rest // self.accounts + (k < rest % self.accounts) for k in range(self.accounts)]
+        a, sizes = self.chunk_sizes(budget)
+        rest = sum(sizes)
         images, pool_rest = ordered_pool(pool, a + rest, seed)
         anchors, bounds = images[:a], [a + sum(sizes[:k]) for k in range(self.accounts + 1)]
         names = [f"{account}-{k + 1}" for k in range(self.accounts)]
@@ -171,12 +188,12 @@ class SybilAttack(StealingAttack):
         return result
 
     def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
-                  account: str = "attacker", progress: bool = False) -> list[AttackResult]:
-        """One fresh purchase per budget (prefixes are not nested across accounts)."""
+                  account: str = "attacker", progress: bool = False, equal_steps: bool = False) -> list[AttackResult]:
+        """One fresh purchase per budget (prefixes are not nested across accounts); each trains its own
+        schedule, so ``equal_steps`` does not apply."""
         results = []
         for budget in budgets:
-            purchase = self.buy(api, pool, budget, seed=seed, account=account if len(budgets) == 1 else
-                                f"{account}@{budget}")
+            purchase = self.buy(api, pool, budget, seed=seed, account=self._prefix(budgets, budget, account))
             began = time.perf_counter()
             result = self.fit(api, purchase, seed=seed, progress=progress)
             result.extra["train_seconds"] = time.perf_counter() - began

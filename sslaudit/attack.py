@@ -146,15 +146,24 @@ class StealingAttack:
             account: str = "attacker", progress: bool = False) -> AttackResult:
         return self.run_curve(api, pool, [budget], seed=seed, account=account, progress=progress)[0]
 
+    def account_budgets(self, budgets: Sequence[int], account: str = "attacker") -> dict[str, int]:
+        """The queries each account of this attack may spend on ``budgets``: the API is given exactly these."""
+        return {account: max(budgets)}
+
     def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
-                  account: str = "attacker", progress: bool = False) -> list[AttackResult]:
-        """Buy ``max(budgets)`` once; one stolen encoder per budget, trained on that prefix."""
+                  account: str = "attacker", progress: bool = False, equal_steps: bool = False) -> list[AttackResult]:
+        """Buy ``max(budgets)`` once; one stolen encoder per budget, trained on that prefix.
+
+        ``equal_steps``: every prefix trains for as many optimisation steps as the largest budget (its
+        epochs scaled by max / budget), so a curve compares budgets rather than schedules.
+        """
         purchase = self.buy(api, pool, max(budgets), seed=seed, account=account)
         results = []
         for budget in budgets:
             part = purchase.prefix(budget)
             began = time.perf_counter()
-            result = self.fit(api, part, seed=seed, progress=progress)
+            attack = self.with_epochs(round(self.train.epochs * max(budgets) / budget)) if equal_steps else self
+            result = attack.fit(api, part, seed=seed, progress=progress)
             result.queries, result.cost, result.account = part.queries, part.cost, account
             result.extra["train_seconds"] = time.perf_counter() - began
             results.append(result)

@@ -34,6 +34,7 @@ def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
     return cached
 
 
+ATTACKER = "attacker"
 _FLOORS: dict[tuple, dict[str, float]] = {}
 
 
@@ -74,27 +75,31 @@ def steal_curve(
     price_per_1k: float = 1.0,
     seed: int = 0,
     progress: bool = False,
+    equal_steps: bool = False,
 ) -> list[dict]:
     """One report per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
 
-    Attacks without ``run_curve`` are run once per budget against a fresh API.
+    The API enforces the budget: every account the attack declares (``attack.account_budgets``) gets its
+    share, any other account has none, so an attack that tries to spend more is refused by the API.
+    ``equal_steps`` trains every prefix for the largest budget's number of optimisation steps.
     """
     budgets = sorted(set(budgets))
     began = time.perf_counter()
     v_scores = victim_scores(victim, task)
-    make_api = lambda: SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k)  # noqa: E731
-    api = make_api()
+    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0)
+    for name, share in attack.account_budgets(budgets, ATTACKER).items():
+        api.set_budget(name, share)
     attack_began = time.perf_counter()
-    if hasattr(attack, "run_curve"):
-        results = attack.run_curve(api, pool, budgets, seed=seed, progress=progress)
-    else:
-        results = [attack.run(make_api(), pool, b, seed=seed, progress=progress) for b in budgets]
+    results = attack.run_curve(api, pool, budgets, seed=seed, account=ATTACKER, progress=progress,
+                               equal_steps=equal_steps)
     attack_seconds = time.perf_counter() - attack_began
     floor_arch = results[0].encoder.arch
     floor = floor_scores(floor_arch, results[0].encoder.spec, seed, task)
     victim_test = embed(victim.encoder, task.test.images)
     ledgers = api.ledgers().values()  # every account the attack used (sybils use several)
+    # What the API charged, over every account the attack used: the figures a report rests on.
     account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
+    charged = sum(led.cost for led in ledgers)
     reports = []
     for budget, result in zip(budgets, results):
         stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
@@ -118,7 +123,8 @@ def steal_curve(
                 "extra": {k: v for k, v in result.extra.items() if k != "train_seconds"},
             },
             "queries": {"budget": budget, "sent": result.queries, "cost": result.cost,
-                        "account_total": account_total, "calls": calls, "price_per_1k": price_per_1k,
+                        "account_total": account_total, "calls": calls, "charged": charged,
+                        "price_per_1k": price_per_1k,
                         "pool": pool.name},
             "defenses": [_describe(d) for d in defenses],
             "task": task.key,
