@@ -8,16 +8,44 @@ account's queries never change what another sees. ``relative=True`` scales
 sigma by the mean feature norm of the batch, so one setting means the same
 across victims with different feature scales.
 
->>> api = SimulatedAPI(encoder, defenses=[GaussianNoise(sigma=0.1)])  # doctest: +SKIP
+The streams are keyed by a :class:`~sslaudit.secret.DeploymentSecret`, never
+a public seed: an attacker who knows this code, the settings and their account
+name still cannot regenerate the noise. A :class:`SimulatedAPI` calls
+:meth:`GaussianNoise.bind` with its own secret and serves the returned copy,
+so one instance given to two APIs shares no stream (and no secret) between
+them. ``secret=`` pins the secret (e.g. ``DeploymentSecret.fixed("run-1")``
+for a reproducible run); left ``None``, an unbound instance draws its own
+(:meth:`DeploymentSecret.from_env`) at first use.
+
+>>> noise = GaussianNoise(sigma=0.5)
+>>> noise("alice", torch.zeros(2, 1, 4, 4), torch.ones(2, 8)).shape
+torch.Size([2, 8])
+>>> GaussianNoise(sigma="abc")
+Traceback (most recent call last):
+ValueError: noise sigma must be a finite number >= 0 (e.g. sigma=0.1); got 'abc'
 """
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
+import math
+import threading
+from dataclasses import dataclass, field, replace
+from numbers import Real
 
 import torch
 
 from sslaudit.registry import register_defense
+from sslaudit.secret import DeploymentSecret
+
+PURPOSE = "gaussian-noise"
+_DRAW = threading.Lock()  # the API runs defences outside its metering lock, possibly concurrently
+
+
+def _finite(name: str, value: object, example: str, minimum: float | None = None) -> float:
+    bound = "" if minimum is None else f" >= {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or (
+            minimum is not None and value < minimum):
+        raise ValueError(f"noise {name} must be a finite number{bound} (e.g. {example}); got {value!r}")
+    return float(value)
 
 
 @register_defense("noise")
@@ -28,21 +56,35 @@ class GaussianNoise:
     sigma: float = 0.1
     mu: float = 0.0
     relative: bool = True
-    seed: int = 0
-    _streams: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False)
+    secret: DeploymentSecret | None = None
+    _own: DeploymentSecret | None = field(default=None, init=False, repr=False, compare=False)
+    _streams: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.sigma < 0:
-            raise ValueError("sigma must be non-negative")
+        self.sigma = _finite("sigma", self.sigma, "sigma=0.1", minimum=0.0)
+        self.mu = _finite("mu", self.mu, "mu=0")
+        if not isinstance(self.relative, bool):
+            raise ValueError(f"noise relative must be true or false; got {self.relative!r}")
+        if self.secret is not None and not isinstance(self.secret, DeploymentSecret):
+            raise ValueError("noise secret must be a DeploymentSecret (or None for the API's own)")
+
+    def bind(self, secret: DeploymentSecret) -> "GaussianNoise":
+        """A fresh copy for one deployment: no streams yet, keyed by ``self.secret`` or else ``secret``."""
+        return replace(self, secret=self.secret if self.secret is not None else secret)
 
     def _stream(self, account: str) -> torch.Generator:
         if account not in self._streams:
-            self._streams[account] = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(account.encode()))
+            if self.secret is None and self._own is None:
+                self._own = DeploymentSecret.from_env()
+            secret = self.secret if self.secret is not None else self._own
+            assert secret is not None
+            self._streams[account] = secret.generator(PURPOSE, account)
         return self._streams[account]
 
     def __call__(self, account: str, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         scale = self.sigma
         if self.relative and len(features):
             scale = scale * features.norm(dim=1).mean().item() / features.shape[1] ** 0.5
-        noise = torch.randn(features.shape, generator=self._stream(account)).to(features.device)
-        return features + self.mu + scale * noise
+        with _DRAW:  # module-level, so an instance stays picklable
+            noise = torch.randn(features.shape, generator=self._stream(account))
+        return features + self.mu + scale * noise.to(features.device)

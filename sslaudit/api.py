@@ -12,14 +12,18 @@ defences before it leaves. Attacks only ever see this interface.
 """
 from __future__ import annotations
 
+import math
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from numbers import Integral, Real
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
 from sslaudit.device import autocast, pick_device
 from sslaudit.models import Encoder, InputSpec
+from sslaudit.secret import DeploymentSecret
 
 
 class QueryBudgetExceeded(RuntimeError):
@@ -30,9 +34,14 @@ class InvalidQuery(ValueError):
     """The images sent do not match what the API accepts; the message says what to send."""
 
 
+class UnsafeAnswer(RuntimeError):
+    """An answer held NaN or infinity; it was refused and nothing was charged. The message names the stage."""
+
+
 @runtime_checkable
 class Defense(Protocol):
-    """Sees what the API sees and returns the features to send back."""
+    """Sees what the API sees and returns the features to send back; one with per-deployment state or
+    randomness also has ``bind(secret) -> Defense``, which the API calls once and serves the result."""
 
     def __call__(self, account: str, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor: ...
 
@@ -65,7 +74,10 @@ class Ledger:
 
 
 def validate_images(images: object, spec: InputSpec) -> torch.Tensor:
-    """Check a query batch against ``spec``; raise :class:`InvalidQuery` saying what to send."""
+    """Check a query batch against ``spec``; raise :class:`InvalidQuery` saying what to send.
+
+    Any floating dtype is accepted and converted to float32 (float32 input is returned as is).
+    """
     want = f"float images of shape (B, {spec.channels}, {spec.size}, {spec.size}) with values in [0, 1]"
     if not isinstance(images, torch.Tensor):
         raise InvalidQuery(f"send a torch.Tensor of {want}, not {type(images).__name__}")
@@ -79,86 +91,135 @@ def validate_images(images: object, spec: InputSpec) -> torch.Tensor:
         raise InvalidQuery("images contain NaN or infinity; send finite values in [0, 1]")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise InvalidQuery(f"values span [{images.min():.3g}, {images.max():.3g}]; send {want}")
-    return images
+    return images if images.dtype == torch.float32 else images.float()
+
+
+def check_account(account: object) -> str:
+    """``account`` if it is a non-empty string, else :class:`InvalidQuery`."""
+    if not isinstance(account, str) or not account:
+        raise InvalidQuery(f"account must be a non-empty string; got {account!r}")
+    return account
+
+
+def _int(name: str, value: object, low: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low} ({what}); got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: object, low: float, strict: bool, what: str) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g} ({what}); got {value!r}")
+    return float(value)
 
 
 class SimulatedAPI:
     """Serve ``encoder`` behind per-account metering, budgets, a rate limit and defences.
 
-    ``budget`` is the default per-account query budget (None: unlimited);
-    ``rate_limit`` is images per second per account, accounted on a simulated
-    clock (the ledger records how long a real client would have had to wait).
+    ``budget`` is the default per-account query budget (None: unlimited); ``rate_limit`` is images per
+    second per account, accounted on a simulated clock (the ledger records how long a real client would
+    have had to wait). ``secret`` keys the defences' randomness (default :meth:`DeploymentSecret.from_env`:
+    random unless ``$SSLAUDIT_SECRET`` is set); every defence with a ``bind`` method is bound to it and
+    the bound copy is served, so one defence instance given to two APIs shares no state between them.
+    An empty batch ``(0, C, H, W)`` is a no-op: a ``(0, dim)`` answer, nothing charged, no call counted.
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        defenses: Sequence[Defense] = (),
-        price_per_1k: float = 0.0,
-        budget: int | None = None,
-        rate_limit: float | None = None,
-        max_batch: int = 4096,
-        device: torch.device | None = None,
-    ) -> None:
-        if price_per_1k < 0:
-            raise ValueError("price_per_1k must be non-negative")
-        if budget is not None and budget < 0:
-            raise ValueError("budget must be non-negative or None")
-        if rate_limit is not None and rate_limit <= 0:
-            raise ValueError("rate_limit must be positive (images per second) or None")
+    def __init__(self, encoder: Encoder, *, defenses: Sequence[Defense] = (), price_per_1k: float = 0.0,
+                 budget: int | None = None, rate_limit: float | None = None, max_batch: int = 4096,
+                 device: torch.device | None = None, secret: DeploymentSecret | None = None) -> None:
+        self.price_per_1k = _number("price_per_1k", price_per_1k, 0, False, "price per 1,000 images")
+        self.rate_limit = None if rate_limit is None else _number(
+            "rate_limit", rate_limit, 0, True, "images per second, or None")
+        if secret is not None and not isinstance(secret, DeploymentSecret):
+            raise ValueError("secret must be a DeploymentSecret or None (random per deployment)")
+        self.default_budget = None if budget is None else _int("budget", budget, 0, "queries per account, or None")
+        self.max_batch = _int("max_batch", max_batch, 1, "images per call")
         self._encoder = encoder.eval()
         self._device = device or pick_device()
         self._encoder.to(self._device)
         self.spec, self.dim = encoder.spec, encoder.dim
-        self.defenses = list(defenses)
-        self.price_per_1k, self.default_budget = price_per_1k, budget
-        self.rate_limit, self.max_batch = rate_limit, max_batch
+        self._secret = secret if secret is not None else DeploymentSecret.from_env()
+        self.defenses = [d.bind(self._secret) if hasattr(d, "bind") else d for d in defenses]
         self._ledgers: dict[str, Ledger] = {}
-
-    def _ledger(self, account: str) -> Ledger:
-        if account not in self._ledgers:
-            self._ledgers[account] = Ledger(budget=self.default_budget)
-        return self._ledgers[account]
+        self._lock = threading.Lock()  # guards every ledger: check-and-charge is one step
 
     def ledger(self, account: str) -> Ledger:
-        """A copy of ``account``'s ledger (an empty one if it never queried)."""
-        return replace(self._ledger(account))
+        """A copy of ``account``'s ledger; an empty one (not stored) if it never queried."""
+        check_account(account)
+        with self._lock:
+            return replace(self._ledgers.get(account) or Ledger(budget=self.default_budget))
 
     def ledgers(self) -> dict[str, Ledger]:
-        return {name: replace(led) for name, led in self._ledgers.items()}
+        """Copies of the ledgers of the accounts that were charged or given a budget."""
+        with self._lock:
+            return {name: replace(led) for name, led in self._ledgers.items()}
 
     def set_budget(self, account: str, budget: int | None) -> None:
-        self._ledger(account).budget = budget
+        """Give ``account`` a budget of ``budget`` queries in all (None: unlimited)."""
+        check_account(account)
+        budget = None if budget is None else _int("budget", budget, 0, "queries in all, or None: unlimited")
+        with self._lock:
+            self._ledgers.setdefault(account, Ledger(budget=self.default_budget)).budget = budget
 
     def remaining(self, account: str) -> int | None:
-        led = self._ledger(account)
+        """Queries ``account`` may still send (None: unlimited)."""
+        led = self.ledger(account)
         return None if led.budget is None else led.budget - led.images
 
-    @torch.no_grad()
-    def query(self, images: torch.Tensor, account: str = "default") -> torch.Tensor:
-        """Features for ``images`` as seen by ``account``; each image counts as one query."""
-        if not isinstance(account, str) or not account:
-            raise InvalidQuery("account must be a non-empty string")
-        images = validate_images(images, self.spec)
-        if len(images) > self.max_batch:
-            raise InvalidQuery(f"at most {self.max_batch} images per call; got {len(images)}, split the batch")
-        led, n = self._ledger(account), len(images)
-        if led.budget is not None and led.images + n > led.budget:
-            raise QueryBudgetExceeded(
-                f"account {account!r} has {led.budget - led.images} of {led.budget} queries left and sent {n};"
-                " nothing was answered"
-            )
-        began = time.perf_counter()
+    def _charge(self, account: str, n: int, calls: int) -> None:
+        """Add ``n`` images and ``calls`` calls (negative: a refund); the lock must be held."""
+        led = self._ledgers.setdefault(account, Ledger(budget=self.default_budget))
+        led.images += n
+        led.calls += calls
+        led.cost = led.images * self.price_per_1k / 1000
+        led.rate_limit_wait_seconds = led.images / self.rate_limit if self.rate_limit else 0.0
+        if led == Ledger(budget=self.default_budget):  # refunded to nothing: as if never seen
+            del self._ledgers[account]
+
+    def _answer(self, account: str, images: torch.Tensor) -> torch.Tensor:
         batch = images.to(self._device)
         with autocast(self._device):
             features = self._encoder(batch).float()
+        _check_finite(features, "the encoder (NaN/inf weights, or an input spec with std 0?)")
         for defense in self.defenses:
             features = defense(account, batch, features)
-        led.compute_seconds += time.perf_counter() - began
-        if self.rate_limit is not None:
-            led.rate_limit_wait_seconds += n / self.rate_limit
-        led.images += n
-        led.calls += 1
-        led.cost = led.images * self.price_per_1k / 1000
+            _check_finite(features, f"defence {getattr(defense, '__name__', type(defense).__name__)}")
         return features.cpu()
+
+    @torch.no_grad()
+    def query(self, images: torch.Tensor, account: str = "default") -> torch.Tensor:
+        """Features for ``images`` as seen by ``account``; each image counts as one query.
+
+        The images are reserved (checked against the budget and charged) atomically before any computing,
+        so concurrent callers never overrun a budget; the reservation is refunded only if the API fails
+        (the encoder or a defence raises, or returns NaN/inf: :class:`UnsafeAnswer`).
+        """
+        check_account(account)
+        images = validate_images(images, self.spec)
+        n = len(images)
+        if n > self.max_batch:
+            raise InvalidQuery(f"at most {self.max_batch} images per call; got {n}, split the batch")
+        if n == 0:
+            return torch.empty(0, self.dim)
+        with self._lock:  # reserve: check and charge in one step, before any computing
+            led = self._ledgers.get(account) or Ledger(budget=self.default_budget)
+            if led.budget is not None and led.images + n > led.budget:
+                raise QueryBudgetExceeded(f"account {account!r} has {led.budget - led.images} of {led.budget}"
+                                          f" queries left and sent {n}; nothing was answered")
+            self._charge(account, n, 1)
+        began = time.perf_counter()
+        try:
+            features = self._answer(account, images)
+        except BaseException:
+            with self._lock:  # nothing left the API: give the reservation back
+                self._charge(account, -n, -1)
+            raise
+        with self._lock:
+            self._ledgers[account].compute_seconds += time.perf_counter() - began
+        return features
+
+
+def _check_finite(features: object, stage: str) -> None:
+    if not isinstance(features, torch.Tensor) or not torch.isfinite(features).all():
+        raise UnsafeAnswer(f"{stage} returned NaN or infinity (or no tensor); the answer was refused, not charged")

@@ -9,7 +9,9 @@ torch.Size([2, 256])
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from typing import Callable
 
 import torch
@@ -29,12 +31,22 @@ class InputSpec:
     std: tuple[float, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not self.mean:
-            object.__setattr__(self, "mean", (0.5,) * self.channels)
-        if not self.std:
-            object.__setattr__(self, "std", (0.5,) * self.channels)
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError("InputSpec mean/std need one value per channel")
+        for name in ("channels", "size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"InputSpec {name} must be an int >= 1; got {value!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") and value is not None:
+                raise ValueError(f"InputSpec {name} must be a sequence of one number per channel; got {value!r}")
+            value = (0.5,) * self.channels if value is None or len(value) == 0 else tuple(value)
+            object.__setattr__(self, name, value)
+            if len(value) != self.channels:
+                raise ValueError(f"InputSpec {name} needs one value per channel ({self.channels}); got {list(value)}")
+            if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                raise ValueError(f"InputSpec {name} must be finite numbers per channel; got {list(value)}")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"InputSpec std must be positive per channel; got {list(self.std)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

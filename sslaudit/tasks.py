@@ -22,7 +22,7 @@ from sslaudit.data import ImageData, load_dataset
 
 POOL_SIZE = 5000
 # Bump when the probe's procedure changes: cached victim scores are keyed by it.
-PROBE_VERSION = "probe2"
+PROBE_VERSION = "probe3"  # probe3: few-label L2 by 5-fold CV, 1 % score = mean over label draws
 FEW_LABEL_FRACTION = 0.01
 
 
@@ -34,6 +34,12 @@ class DownstreamTask:
     train: ImageData
     test: ImageData
     few_label_index: torch.Tensor
+
+    def few_label_draws(self, draws: int) -> list[torch.Tensor]:
+        """``draws`` stratified few-label subsets of train: the fixed one (seed 0), then seeds 1, 2, ..."""
+        per_class = len(self.few_label_index) // self.train.num_classes
+        return [self.few_label_index] + [stratified_index(self.train.labels, per_class, seed=s)
+                                         for s in range(1, draws)]
 
     @property
     def key(self) -> str:
