@@ -30,15 +30,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, batch_config,
-                             build_stolen, query_all)
+from sslaudit.attack import (Batch, Purchase, StealingAttack, batch_config, ordered_pool, price_per_query,
+                             query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import TrainConfig
 
 PAPER_TRAIN = TrainConfig(epochs=60, batch_size=64, lr=3e-4, weight_decay=1e-4, optimizer="adamw",
                           warmup_epochs=1)
@@ -57,6 +58,7 @@ def cont_steal_loss(victim: torch.Tensor, stolen: torch.Tensor, temperature: flo
     return (negatives.logsumexp(1) - cross.diagonal()).mean()
 
 
+@register_attack("contsteal")
 @dataclass(kw_only=True)
 class ContSteal(StealingAttack):
     """Contrastive stealing: the victim's answer is the positive, other answers and stolen features negatives."""
@@ -86,26 +88,14 @@ class ContSteal(StealingAttack):
         answers = torch.stack([query_all(api, augment(images, self.augment, gen), account) for _ in range(m)], 1)
         return Purchase(images, answers, account, price_per_query(api, account), queries_per_image=m, pool_rest=rest)
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
-            mixed_precision: bool = True) -> AttackResult:
-        """Train on already-bought (images, answers); spends no queries."""
-        torch.manual_seed(seed)
-        encoder, head = build_stolen(self.stolen_arch, api.spec, api.dim)
-        model = torch.nn.ModuleDict({"encoder": encoder, "head": head})
-        train = batch_config(self.train, len(purchase.images), seed, drop_last=True)
+    def schedule(self, n: int, seed: int) -> TrainConfig:
+        """Full batches only (``drop_last``): the loss contrasts the rows of a batch."""
+        return batch_config(self.train, n, seed, drop_last=True)
 
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, t = batch
-            if t.ndim == 3:  # M cached answers per image: one at random each step
-                pick = torch.randint(t.shape[1], (len(t),), generator=gen, device=t.device)
-                t = t[torch.arange(len(t), device=t.device), pick]
-            return cont_steal_loss(t, head(encoder(augment(x, self.augment, gen))), self.temperature)
-
-        history = fit(model, step, (purchase.images, purchase.answers), train, progress=progress,
-                      mixed_precision=mixed_precision, desc="steal-contsteal")
-        return AttackResult(encoder.cpu().eval(), purchase.queries, purchase.cost, history, purchase.account)
-
-
-@register_attack("contsteal")
-def _cont_steal(**overrides: object) -> ContSteal:
-    return ContSteal(**overrides)
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """cont_steal_loss of a fresh augmented view of each image against its cached answer."""
+        x, t = batch
+        if t.ndim == 3:  # M cached answers per image: one at random each step
+            pick = torch.randint(t.shape[1], (len(t),), generator=gen, device=t.device)
+            t = t[torch.arange(len(t), device=t.device), pick]
+        return cont_steal_loss(t, model(augment(x, self.augment, gen)), self.temperature)

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config, build_stolen
+from sslaudit.attack import Batch, Purchase, StealingAttack, batch_config
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.losses import nt_xent_loss
+from sslaudit.models import InputSpec
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import TrainConfig
 
 
 def mse_loss(stolen: torch.Tensor, victim: torch.Tensor) -> torch.Tensor:
@@ -104,9 +105,23 @@ def answer_statistics(answers: torch.Tensor, floor: float = 0.05) -> tuple[torch
     return answers.mean(0), std.clamp_min(floor * float(std.mean()))
 
 
+class AnswerStatistics(nn.Module):
+    """:func:`answer_statistics` of the cached answers as buffers: they move with the model and never train."""
+
+    def __init__(self, answers: torch.Tensor) -> None:
+        super().__init__()
+        mean, std = answer_statistics(answers)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+
+@register_attack("mse", loss="mse")
+@register_attack("infonce", loss="infonce")
+@register_attack("softnn", loss="softnn")
+@register_attack("wasserstein", loss="wasserstein")
 @dataclass(kw_only=True)
 class DirectExtraction(StealingAttack):
-    """Train a stolen encoder on cached API answers with ``loss`` (``mse`` or ``infonce``)."""
+    """Train a stolen encoder on cached API answers with ``loss`` (mse, infonce, softnn or wasserstein)."""
 
     loss: str = "mse"
     temperature: float | None = None  # InfoNCE τ (0.1) or SoftNN T (100); None: DEFAULT_TEMPERATURE
@@ -136,43 +151,21 @@ class DirectExtraction(StealingAttack):
             return soft_nn_loss(stolen, victim, self.temperature)
         return LOSSES[self.loss](stolen, victim)
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
-            mixed_precision: bool = True) -> AttackResult:
-        """Train on already-bought (images, answers); spends no queries."""
-        torch.manual_seed(seed)
-        images, targets = purchase.images, purchase.answers
-        stats = answer_statistics(targets) if self.standardize else None
-        encoder, head = build_stolen(self.stolen_arch, api.spec, api.dim)
-        model = torch.nn.ModuleDict({"encoder": encoder, "head": head})
-        contrastive = self.loss in ("infonce", "softnn")
-        train = batch_config(self.train, len(images), seed, drop_last=contrastive)
+    def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
+        """The stolen encoder, a linear map to ``dim`` if sizes differ, and the answers' fixed statistics."""
+        model = super().build(spec, dim, purchase)
+        if self.standardize:
+            model["stats"] = AnswerStatistics(purchase.answers)
+        return model
 
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, v = batch
-            if self.augment_stolen:
-                x = augment(x, self.augment, gen)
-            return self.objective(head(encoder(x)), v, stats)
+    def schedule(self, n: int, seed: int) -> TrainConfig:
+        """Contrastive losses compare the rows of a batch, so their batches are full (``drop_last``)."""
+        return batch_config(self.train, n, seed, drop_last=self.loss in ("infonce", "softnn"))
 
-        history = fit(model, step, (images, targets), train, progress=progress,
-                      mixed_precision=mixed_precision, desc=f"steal-{self.loss}")
-        return AttackResult(encoder.cpu().eval(), purchase.queries, purchase.cost, history, purchase.account)
-
-
-@register_attack("mse")
-def _mse(**overrides: object) -> DirectExtraction:
-    return DirectExtraction(loss="mse", **overrides)
-
-
-@register_attack("infonce")
-def _infonce(**overrides: object) -> DirectExtraction:
-    return DirectExtraction(loss="infonce", **overrides)
-
-
-@register_attack("softnn")
-def _softnn(**overrides: object) -> DirectExtraction:
-    return DirectExtraction(loss="softnn", **overrides)
-
-
-@register_attack("wasserstein")
-def _wasserstein(**overrides: object) -> DirectExtraction:
-    return DirectExtraction(loss="wasserstein", **overrides)
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """The stolen features of (an augmented view of) each image against its cached answer."""
+        x, v = batch
+        if self.augment_stolen:
+            x = augment(x, self.augment, gen)
+        stats = (model.stats.mean, model.stats.std) if self.standardize else None
+        return self.objective(model(x), v, stats)

@@ -39,15 +39,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import (AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, batch_config,
-                             build_stolen, query_all)
+from sslaudit.attack import (Batch, Purchase, StealingAttack, batch_config, ordered_pool, price_per_query,
+                             query_all)
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import TrainConfig
 
 PROTO_AUGMENT = AugmentConfig(crop_scale=(0.9, 0.9), crop_ratio=(1.0, 1.0), hue=0.2)
 TRAIN_AUGMENT = AugmentConfig(crop_scale=(0.75, 0.75), crop_ratio=(1.0, 1.0), hue=0.2)
@@ -85,6 +86,7 @@ def prototype_views(images: torch.Tensor, views: int, cfg: AugmentConfig, seed: 
         yield augment(padded.repeat_interleave(views, 0), cfg, gen)[: len(part) * views]
 
 
+@register_attack("rda")
 @dataclass(kw_only=True)
 class RDA(StealingAttack):
     """Query M views per image once, average them into prototypes, train with rda_loss."""
@@ -119,26 +121,13 @@ class RDA(StealingAttack):
         return Purchase(images, torch.cat(prototypes), account, price_per_query(api, account),
                         queries_per_image=self.views, pool_rest=rest)
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
-            mixed_precision: bool = True) -> AttackResult:
-        """Train on already-bought (images, prototypes); spends no queries."""
-        torch.manual_seed(seed)
-        encoder, head = build_stolen(self.stolen_arch, api.spec, api.dim)
-        model = torch.nn.ModuleDict({"encoder": encoder, "head": head})
-        train = batch_config(self.train, len(purchase.images), seed, drop_last=True)
+    def schedule(self, n: int, seed: int) -> TrainConfig:
+        """Full batches only (``drop_last``): L_D contrasts the rows of a batch."""
+        return batch_config(self.train, n, seed, drop_last=True)
 
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, p = batch
-            views = torch.cat([augment(x, self.train_augment, gen) for _ in range(self.train_views)])
-            stolen = head(encoder(views)).chunk(self.train_views)
-            losses = [rda_loss(s, p, self.temperature, self.alpha, self.beta) for s in stolen]
-            return torch.stack(losses).mean()
-
-        history = fit(model, step, (purchase.images, purchase.answers), train, progress=progress,
-                      mixed_precision=mixed_precision, desc="steal-rda")
-        return AttackResult(encoder.cpu().eval(), purchase.queries, purchase.cost, history, purchase.account)
-
-
-@register_attack("rda")
-def _rda(**overrides: object) -> RDA:
-    return RDA(**overrides)
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """rda_loss of each of the Q views (one forward pass for all) against the prototypes, averaged."""
+        x, p = batch
+        views = torch.cat([augment(x, self.train_augment, gen) for _ in range(self.train_views)])
+        stolen = model(views).chunk(self.train_views)
+        return torch.stack([rda_loss(s, p, self.temperature, self.alpha, self.beta) for s in stolen]).mean()

@@ -38,19 +38,43 @@ import torch
 from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config
+from sslaudit.attack import AttackResult, Batch, Purchase, StealingAttack, StolenModel, batch_config
 from sslaudit.attacks.direct_extraction import DirectExtraction, mse_loss
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.features import embed
-from sslaudit.models import Encoder, build_encoder
+from sslaudit.models import Encoder, InputSpec
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import History, TrainConfig
 
 STRONG_AUGMENT = AugmentConfig(crop_scale=(0.2, 1.0))  # SimCLR strength: flip, jitter p 0.8 (0.4), gray 0.2 (RGB)
 # Fine-tuning the teacher: a lower peak lr than the base's 1e-3, 20 epochs over queried + pseudo images.
 STUDENT_TRAIN = TrainConfig(epochs=20, batch_size=64, lr=5e-4, weight_decay=1e-4, optimizer="adamw",
                             warmup_epochs=1)
+
+
+@dataclass(kw_only=True)
+class PseudoLabelled(Purchase):
+    """``bought`` extended at no query: its images and answers, then the never-sent images and ``teacher``'s
+    targets for them (through ``head``, teacher features → API space). Queries and cost are ``bought``'s."""
+
+    bought: Purchase
+    teacher: AttackResult
+    head: nn.Module
+
+    @property
+    def queries(self) -> int:
+        return self.bought.queries
+
+    @property
+    def cost(self) -> float:
+        return self.bought.cost
+
+
+def pseudo_labelled(purchase: Purchase) -> PseudoLabelled:
+    if not isinstance(purchase, PseudoLabelled):
+        raise TypeError("the student trains on the PseudoLabelled purchase that self_train makes")
+    return purchase
 
 
 def readout(teacher: Encoder, images: torch.Tensor, answers: torch.Tensor) -> nn.Module:
@@ -67,6 +91,7 @@ def readout(teacher: Encoder, images: torch.Tensor, answers: torch.Tensor) -> nn
     return head
 
 
+@register_attack("self-train")
 @dataclass(kw_only=True)
 class SelfTraining(StealingAttack):
     """Base attack → teacher; student on queried answers + teacher pseudo-targets under strong augmentation."""
@@ -120,25 +145,26 @@ class SelfTraining(StealingAttack):
         """Train the student from ``teacher`` (a base attack's result on ``purchase``)."""
         head = readout(teacher.encoder, purchase.images, purchase.answers)
         images, targets = self.training_set(teacher.encoder, head, purchase)
-        torch.manual_seed(seed)
-        if self.init == "teacher":
-            student, head = copy.deepcopy(teacher.encoder), copy.deepcopy(head)
-        else:
-            student = build_encoder(self.stolen_arch or "convnet", api.spec)
-            head = nn.Identity() if student.dim == api.dim else nn.Linear(student.dim, api.dim)
-        model = nn.ModuleDict({"encoder": student, "head": head})
+        taught = PseudoLabelled(images, targets, purchase.account, bought=purchase, teacher=teacher, head=head)
+        return self.train_stolen(api.spec, api.dim, taught, seed=seed, progress=progress)
 
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, t = batch
-            return mse_loss(head(student(augment(x, self.strong, gen))), t)
+    # The student phase, through the shared scaffold, on the PseudoLabelled purchase of :meth:`self_train`.
+    def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
+        """A copy of the teacher and its readout (``init="teacher"``), else a fresh encoder and head."""
+        if self.init == "fresh":
+            return super().build(spec, dim, purchase)
+        taught = pseudo_labelled(purchase)
+        return StolenModel({"encoder": copy.deepcopy(taught.teacher.encoder), "head": copy.deepcopy(taught.head)})
 
-        history = fit(model, step, (images, targets), batch_config(self.student_config, len(images), seed),
-                      progress=progress, desc="self-train")
-        extra = {**teacher.extra, "teacher_history": teacher.history.to_dict(),
-                 "pseudo_labelled": len(images) - len(purchase.images), "student_init": self.init}
-        return AttackResult(student.cpu().eval(), purchase.queries, purchase.cost, history, purchase.account, extra)
+    def schedule(self, n: int, seed: int) -> TrainConfig:
+        return batch_config(self.student_config, n, seed)
 
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """MSE between the student's features of a strong view and the clean image's target."""
+        x, t = batch
+        return mse_loss(model(augment(x, self.strong, gen)), t)
 
-@register_attack("self-train")
-def _self_train(**overrides: object) -> SelfTraining:
-    return SelfTraining(**overrides)
+    def extra(self, model: nn.ModuleDict, purchase: Purchase, history: History) -> dict:
+        taught = pseudo_labelled(purchase)
+        return {**taught.teacher.extra, "teacher_history": taught.teacher.history.to_dict(),
+                "pseudo_labelled": len(taught.images) - len(taught.bought.images), "student_init": self.init}

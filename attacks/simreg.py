@@ -22,19 +22,19 @@ image is a strong change the cached answer does not describe).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config
+from sslaudit.attack import AttackResult, Batch, Purchase, StealingAttack
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import History, TrainConfig
 
 WEAK_AUGMENT = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
 
@@ -65,6 +65,26 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, normalize: bool = 
     return (pred - target).pow(2).sum(1).mean()
 
 
+@dataclass(kw_only=True)
+class Teachers(Purchase):
+    """The same images bought from K APIs, ``parts`` one purchase each; queries and cost are their totals."""
+
+    parts: list[Purchase]
+
+    @property
+    def queries(self) -> int:
+        return sum(p.queries for p in self.parts)
+
+    @property
+    def cost(self) -> float:
+        return sum(p.cost for p in self.parts)
+
+
+def parts(purchase: Purchase) -> list[Purchase]:
+    """Each teacher's purchase (a plain purchase is one teacher's)."""
+    return purchase.parts if isinstance(purchase, Teachers) else [purchase]
+
+
 def shared_spec(apis: Sequence[RepresentationAPI]) -> InputSpec:
     """The input spec every API in ``apis`` shares; a ValueError if they disagree."""
     if not apis:
@@ -75,9 +95,12 @@ def shared_spec(apis: Sequence[RepresentationAPI]) -> InputSpec:
     return spec
 
 
+@register_attack("simreg")
 @dataclass(kw_only=True)
 class SimReg(StealingAttack):
     """Regress cached answers through a discarded 4-layer head; several APIs at once with ``run_multi``."""
+
+    victim_coordinates: ClassVar[bool] = False  # the head, not the backbone, lives in the victim's space
 
     normalize: bool = True  # False: unnormalised MSE (--mse_nonorm)
     augment_stolen: bool = True
@@ -106,26 +129,33 @@ class SimReg(StealingAttack):
                 raise ValueError(f"answers of shape {tuple(p.answers.shape)} do not match {len(images)} x {api.dim}")
         if len(images) < 2:
             raise ValueError("the head's batch norm needs at least 2 bought images")
-        torch.manual_seed(seed)
-        encoder = build_encoder(self.stolen_arch or "convnet", spec)
-        heads = nn.ModuleList(prediction_head(encoder.dim, api.dim) for api in apis)
-        model = nn.ModuleDict({"encoder": encoder, "heads": heads})
-        train = batch_config(self.train, len(images), seed)
-
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, *targets = batch
-            if self.augment_stolen:
-                x = augment(x, self.augment, gen)
-            h = encoder(x)
-            return sum(regression_loss(g(h), t, self.normalize) for g, t in zip(heads, targets)) / len(heads)
-
-        tensors = (images, *(p.answers for p in purchases))
-        history = fit(model, step, tensors, train, progress=progress, mixed_precision=mixed_precision,
-                      desc=f"steal-simreg-x{len(apis)}")
         accounts = [p.account for p in purchases]
-        extra = {"teachers": len(apis), "accounts": accounts, "queries_per_api": [p.queries for p in purchases]}
-        return AttackResult(encoder.cpu().eval(), sum(p.queries for p in purchases), sum(p.cost for p in purchases),
-                            history, accounts[0] if len(set(accounts)) == 1 else ",".join(accounts), extra)
+        account = accounts[0] if len(set(accounts)) == 1 else ",".join(accounts)
+        teachers = Teachers(images, purchases[0].answers, account, parts=list(purchases))
+        return self.train_stolen(spec, apis[0].dim, teachers, seed=seed, progress=progress,
+                                 mixed_precision=mixed_precision)
+
+    def tensors(self, purchase: Purchase) -> Batch:
+        return (purchase.images, *(p.answers for p in parts(purchase)))
+
+    def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
+        """The stolen backbone and one prediction head per teacher (discarded after training)."""
+        encoder = build_encoder(self.stolen_arch or "convnet", spec)
+        heads = nn.ModuleList(prediction_head(encoder.dim, p.answers.shape[1]) for p in parts(purchase))
+        return nn.ModuleDict({"encoder": encoder, "heads": heads})
+
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """The mean over teachers of regression_loss(g_k(f_s(x)), t_k), x a weak view of the image."""
+        x, *targets = batch
+        if self.augment_stolen:
+            x = augment(x, self.augment, gen)
+        h = model.encoder(x)
+        return sum(regression_loss(g(h), t, self.normalize) for g, t in zip(model.heads, targets)) / len(model.heads)
+
+    def extra(self, model: nn.ModuleDict, purchase: Purchase, history: History) -> dict:
+        bought = parts(purchase)
+        return {"teachers": len(bought), "accounts": [p.account for p in bought],
+                "queries_per_api": [p.queries for p in bought]}
 
     def run_multi(self, apis: Sequence[RepresentationAPI], pool: ImageData, budget: int, *, seed: int = 0,
                   accounts: Sequence[str] | None = None, progress: bool = False) -> AttackResult:
@@ -139,8 +169,3 @@ class SimReg(StealingAttack):
             raise ValueError(f"need one account per API; got {len(accounts)} for {len(apis)} APIs")
         purchases = [self.buy(api, pool, budget, seed=seed, account=a) for api, a in zip(apis, accounts)]
         return self.fit_multi(apis, purchases, seed=seed, progress=progress)
-
-
-@register_attack("simreg")
-def _simreg(**overrides: object) -> SimReg:
-    return SimReg(**overrides)

@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, ordered_pool, batch_config
+from sslaudit.attack import AttackResult, Batch, Purchase, StealingAttack, ordered_pool
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
-from sslaudit.models import build_encoder
-from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
 from sslaudit.losses import ema_update, float32_logits
+from sslaudit.models import InputSpec, build_encoder
+from sslaudit.registry import register_attack
+from sslaudit.train import History, TrainConfig
 
 # The released improved baseline's ``--cj 1 --grey-scale 0.5``: ColorJitter(0.8, 0.8, 0.8, 0.4) with p 0.8.
 SSL_SMALL_AUGMENT = AugmentConfig(crop_scale=(0.2, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8,
@@ -96,9 +96,12 @@ def grouped_forward(net: nn.Module, x: torch.Tensor, groups: int, gen: torch.Gen
     return out[torch.argsort(order)] if order is not None else out
 
 
+@register_attack("ssl-small")
 @dataclass(kw_only=True)
 class SSLSmall(StealingAttack):
     """MoCo-v2 with SSL-Small's fixes on the attacker's own pool; spends no queries."""
+
+    victim_coordinates: ClassVar[bool] = False  # never sees an answer: its space is its own
 
     temperature: float = 0.1
     momentum: float = 0.99  # paper 0.999 over ~2M steps
@@ -124,37 +127,41 @@ class SSLSmall(StealingAttack):
         images, _ = ordered_pool(pool, len(pool), seed)
         return Purchase(images, images.new_zeros(len(images), 0), account, 0.0, queries_per_image=0)
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
-            mixed_precision: bool = True) -> AttackResult:
-        """MoCo on ``purchase.images``; reads only ``api.spec``. Returns the query encoder."""
-        torch.manual_seed(seed)
-        images = purchase.images
-        encoder = build_encoder(self.stolen_arch or "convnet", api.spec)
+    def queue_length(self, n: int) -> int:
+        """K = ``queue_size``, capped at the keys of one epoch over ``n`` images (full batches only)."""
+        batch = min(self.train.batch_size, n)
+        return min(self.queue_size, n // batch * batch)
+
+    def tensors(self, purchase: Purchase) -> Batch:
+        """The pool images and their indices (the queue remembers whose key it holds)."""
+        return purchase.images, torch.arange(len(purchase.images))
+
+    def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
+        """The query encoder (the one returned) with its wide projector, its momentum copy, the key queue."""
+        encoder = build_encoder(self.stolen_arch or "convnet", spec)
         d = encoder.dim
         query = nn.Sequential(encoder, nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True),
                                                      nn.Linear(2 * d, self.proj_dim)))
         key = copy.deepcopy(query).requires_grad_(False)
-        train = batch_config(self.train, len(images), seed)
-        size = min(self.queue_size, len(images) // train.batch_size * train.batch_size)
-        queue = KeyQueue(size, self.proj_dim)
-        model = nn.ModuleDict({"query": query, "key": key, "queue": queue})
+        queue = KeyQueue(self.queue_length(len(purchase.images)), self.proj_dim)
+        return nn.ModuleDict({"encoder": encoder, "query": query, "key": key, "queue": queue})
 
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, ids = batch
-            ema_update(key, query, self.momentum)  # after the previous optimiser step, as MoCo's forward
-            q = grouped_forward(query, augment(x, self.augment, gen), self.bn_groups)
-            with torch.no_grad():
-                k = grouped_forward(key, augment(x, self.augment, gen), self.bn_groups, gen)
-            exclude = queue.ids[None, :] == ids[:, None] if self.exclude_own_keys else None
-            loss = moco_loss(q, k, queue.keys, self.temperature, exclude)
-            queue.push(k, ids)
-            return loss
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """moco_loss of one view's query against the other view's momentum key and the queue; then enqueue."""
+        x, ids = batch
+        query, key, queue = model.query, model.key, model.queue
+        ema_update(key, query, self.momentum)  # after the previous optimiser step, as MoCo's forward
+        q = grouped_forward(query, augment(x, self.augment, gen), self.bn_groups)
+        with torch.no_grad():
+            k = grouped_forward(key, augment(x, self.augment, gen), self.bn_groups, gen)
+        exclude = queue.ids[None, :] == ids[:, None] if self.exclude_own_keys else None
+        loss = moco_loss(q, k, queue.keys, self.temperature, exclude)
+        queue.push(k, ids)
+        return loss
 
-        history = fit(model, step, (images, torch.arange(len(images))), train, progress=progress,
-                      mixed_precision=mixed_precision, desc="ssl-small")
-        extra = {"train_seconds": sum(history.seconds), "queue_size": size, "pool_images": len(images),
-                 "budget_ignored": True}
-        return AttackResult(encoder.cpu().eval(), 0, 0.0, history, purchase.account, extra)
+    def extra(self, model: nn.ModuleDict, purchase: Purchase, history: History) -> dict:
+        return {"train_seconds": sum(history.seconds), "queue_size": len(model.queue.keys),
+                "pool_images": len(purchase.images), "budget_ignored": True}
 
     def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
                   account: str = "attacker", progress: bool = False, equal_steps: bool = False) -> list[AttackResult]:
@@ -164,8 +171,3 @@ class SSLSmall(StealingAttack):
         result = self.fit(api, self.buy(api, pool, max(budgets), seed=seed, account=account), seed=seed,
                           progress=progress)
         return [replace(result, extra=dict(result.extra, budget=b)) for b in budgets]
-
-
-@register_attack("ssl-small")
-def _ssl_small(**overrides: object) -> SSLSmall:
-    return SSLSmall(**overrides)

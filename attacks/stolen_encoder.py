@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, batch_config, build_stolen
+from sslaudit.attack import Batch, StealingAttack
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.losses import float32_logits
 from sslaudit.registry import register_attack
-from sslaudit.train import TrainConfig, fit
+from sslaudit.train import TrainConfig
 
 # finetune_transform: RandomHorizontalFlip(0.5), ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, RandomGrayscale(0.2).
 PAPER_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.8,
@@ -66,6 +66,7 @@ def stolen_encoder_loss(clean: torch.Tensor, views: list[torch.Tensor], victim: 
     return loss
 
 
+@register_attack("stolenencoder")
 @dataclass(kw_only=True)
 class StolenEncoder(StealingAttack):
     """Match each cached answer from the clean image and from ``views`` augmented copies (weight ``lam``)."""
@@ -83,25 +84,9 @@ class StolenEncoder(StealingAttack):
         if self.train is None:
             self.train = PAPER_TRAIN
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
-            mixed_precision: bool = True) -> AttackResult:
-        """Train on already-bought (images, answers); spends no queries."""
-        torch.manual_seed(seed)
-        encoder, head = build_stolen(self.stolen_arch, api.spec, api.dim)
-        model = torch.nn.ModuleDict({"encoder": encoder, "head": head})
-        train = batch_config(self.train, len(purchase.images), seed)
-
-        def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            x, v = batch
-            # Separate forward passes, as the code: BatchNorm sees clean and augmented batches apart.
-            views = [head(encoder(augment(x, self.augment, gen))) for _ in range(self.views)]
-            return stolen_encoder_loss(head(encoder(x)), views, v, self.lam, self.distance)
-
-        history = fit(model, step, (purchase.images, purchase.answers), train, progress=progress,
-                      mixed_precision=mixed_precision, desc="steal-stolenencoder")
-        return AttackResult(encoder.cpu().eval(), purchase.queries, purchase.cost, history, purchase.account)
-
-
-@register_attack("stolenencoder")
-def _stolen_encoder(**overrides: object) -> StolenEncoder:
-    return StolenEncoder(**overrides)
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """stolen_encoder_loss of the clean image and ``views`` augmented copies against the cached answer."""
+        x, v = batch
+        # Separate forward passes, as the code: BatchNorm sees clean and augmented batches apart.
+        views = [model(augment(x, self.augment, gen)) for _ in range(self.views)]
+        return stolen_encoder_loss(model(x), views, v, self.lam, self.distance)

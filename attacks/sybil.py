@@ -102,6 +102,7 @@ def fit_affine_map(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None,
     return w.float(), b.float(), {"ridge": rel, "fit_error": fit_error, "loo_error": loo}
 
 
+@register_attack("sybil")
 @dataclass(kw_only=True)
 class SybilAttack(StealingAttack):
     """Spread the budget over ``accounts`` accounts, align them on shared anchors, train ``inner``."""
@@ -180,9 +181,8 @@ class SybilAttack(StealingAttack):
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0,
             progress: bool = False) -> AttackResult:
-        """Train the inner attack on the merged purchase; spends no queries."""
+        """Train the inner attack on the merged purchase (its queries, cost and account); spends no queries."""
         result = self.inner.fit(api, purchase, seed=seed, progress=progress)
-        result.queries, result.cost, result.account = purchase.queries, purchase.cost, purchase.account
         if isinstance(purchase, SybilPurchase):
             result.extra.update(purchase.report)
         return result
@@ -199,8 +199,3 @@ class SybilAttack(StealingAttack):
             result.extra["train_seconds"] = time.perf_counter() - began
             results.append(result)
         return results
-
-
-@register_attack("sybil")
-def _sybil(**overrides: object) -> SybilAttack:
-    return SybilAttack(**overrides)

@@ -1,4 +1,4 @@
-"""What every attack shares: choosing queries, buying answers once, and training on a prefix of them.
+"""What every attack shares: choosing queries, buying answers once, and the one fit scaffold.
 
 Queries are nested prefixes of one seeded permutation of the pool, so the
 first 500 queries of a 5,000-query run are exactly the 500-query run. A budget
@@ -11,14 +11,28 @@ largest budget once and fits one stolen encoder per budget on nested prefixes
 of the purchase, which is what a real attacker drawing a queries→quality curve
 would pay for.
 
+The fit is written once, :meth:`StealingAttack.train_stolen` (``fit`` calls it; SimReg's
+multi-teacher fit and self-training's student call it on a purchase of their own). A recipe fills
+in its hooks, called in this order:
+
+1. ``tensors(purchase)``: what each step batches, aligned along dim 0 (default: images, answers);
+2. ``torch.manual_seed(seed)``, then ``build(spec, dim, purchase)``: the modules trained together, a
+   ``ModuleDict`` whose ``"encoder"`` is the stolen encoder (default: a :class:`StolenModel`, the
+   encoder and a linear map to ``dim`` where sizes differ);
+3. ``schedule(n, seed)``: the ``TrainConfig`` (default: ``train``, its batch at most the ``n`` rows);
+4. ``batch_loss(model, batch, gen)``, minimised by ``sslaudit.train.fit``;
+5. ``extra(model, purchase, history)``: the result's ``extra``; the queries, cost and account are
+   the purchase's.
+
 >>> result = DirectExtraction(loss="mse").run(api, pool, budget=5000)  # doctest: +SKIP
 >>> results = DirectExtraction(loss="mse").run_curve(api, pool, [500, 1000, 5000])  # doctest: +SKIP
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -27,10 +41,11 @@ from sslaudit.api import RepresentationAPI
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.models import Encoder, InputSpec, build_encoder
-from sslaudit.train import History, TrainConfig
+from sslaudit.train import History, TrainConfig, fit as train_loop
 
 # Mild augmentation for padding a small pool: the copies stay recognisable.
 POOL_COPY_AUGMENT = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3)
+Batch = tuple[torch.Tensor, ...]  # one shuffled batch of the tensors a fit trains on
 
 
 @dataclass
@@ -43,6 +58,24 @@ class AttackResult:
     history: History
     account: str
     extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """What the audit, the CLI and the benchmarks need of a configured attack recipe."""
+
+    stolen_arch: str | None
+
+    def run(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
+            account: str = "attacker", progress: bool = False) -> AttackResult: ...
+
+    def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
+                  account: str = "attacker", progress: bool = False,
+                  equal_steps: bool = False) -> list[AttackResult]: ...
+
+    def account_budgets(self, budgets: Sequence[int], account: str = "attacker") -> dict[str, int]: ...
+
+    def with_epochs(self, epochs: int) -> "Attack": ...
 
 
 @dataclass
@@ -104,11 +137,23 @@ def query_all(api: RepresentationAPI, images: torch.Tensor, account: str, batch_
     return torch.cat(answers)
 
 
+def price_per_query(api: RepresentationAPI, account: str) -> float:
+    ledger = api.ledger(account)
+    return ledger.cost / ledger.images if ledger.images else 0.0
+
+
 def build_stolen(arch: str | None, spec: InputSpec, dim: int) -> tuple[Encoder, nn.Module]:
     """The attacker's encoder (default: the tiny convnet) and a linear map to the API's ``dim`` if sizes differ."""
     encoder = build_encoder(arch or "convnet", spec)
     head = nn.Identity() if encoder.dim == dim else nn.Linear(encoder.dim, dim)
     return encoder, head
+
+
+class StolenModel(nn.ModuleDict):
+    """The default modules of a fit: ``encoder`` (the one returned) and ``head``; ``model(x)`` = head(encoder(x))."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self["head"](self["encoder"](images))
 
 
 def batch_config(train: TrainConfig, n: int, seed: int, **changes: object) -> TrainConfig:
@@ -120,11 +165,15 @@ def batch_config(train: TrainConfig, n: int, seed: int, **changes: object) -> Tr
 class StealingAttack:
     """Base of recipes that query each chosen image once, cache the answers and train on them.
 
-    Subclasses implement :meth:`fit`; recipes that send several views per image override :meth:`buy`.
+    Subclasses define :meth:`batch_loss` (and the other hooks where they differ); recipes that send
+    several views per image override :meth:`buy`.
     """
 
     stolen_arch: str | None = None  # None: the tiny convnet
     train: TrainConfig | None = None
+    # False where the stolen backbone is not trained in the victim's feature coordinates (a discarded
+    # head in between, or no answers at all): fidelity is then reported as CKA only, never cosine.
+    victim_coordinates: ClassVar[bool] = True
 
     def with_epochs(self, epochs: int) -> "StealingAttack":
         """A copy whose training runs ``epochs`` epochs (every phase, for multi-phase recipes)."""
@@ -137,10 +186,45 @@ class StealingAttack:
         answers = query_all(api, images, account)
         return Purchase(images, answers, account, price_per_query(api, account), pool_rest=rest)
 
-    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0,
-            progress: bool = False) -> AttackResult:
-        """Train a stolen encoder on ``purchase``; reads only ``api.spec`` and ``api.dim``."""
-        raise NotImplementedError
+    # The hooks of the fit scaffold (the module docstring gives their order).
+    def tensors(self, purchase: Purchase) -> Batch:
+        """The tensors each step batches, aligned along dim 0."""
+        return purchase.images, purchase.answers
+
+    def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
+        """The modules trained together, built after the seed; ``"encoder"`` is the one returned."""
+        encoder, head = build_stolen(self.stolen_arch, spec, dim)
+        return StolenModel({"encoder": encoder, "head": head})
+
+    def schedule(self, n: int, seed: int) -> TrainConfig:
+        """The training settings for ``n`` rows."""
+        return batch_config(self.train, n, seed)
+
+    def batch_loss(self, model: nn.ModuleDict, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """The loss of one shuffled ``batch``; ``gen`` draws the augmentations."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    def extra(self, model: nn.ModuleDict, purchase: Purchase, history: History) -> dict:
+        """What the result's ``extra`` records beyond the ledger."""
+        return {}
+
+    def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0, progress: bool = False,
+            mixed_precision: bool = True) -> AttackResult:
+        """Train a stolen encoder on ``purchase``; reads only ``api.spec`` and ``api.dim``, spends no queries."""
+        return self.train_stolen(api.spec, api.dim, purchase, seed=seed, progress=progress,
+                                 mixed_precision=mixed_precision)
+
+    def train_stolen(self, spec: InputSpec, dim: int, purchase: Purchase, *, seed: int = 0,
+                     progress: bool = False, mixed_precision: bool = True) -> AttackResult:
+        """The scaffold: seed, build, minimise ``batch_loss`` over ``tensors``; the encoder, the purchase's ledger."""
+        tensors = self.tensors(purchase)
+        torch.manual_seed(seed)
+        model = self.build(spec, dim, purchase)
+        train = self.schedule(len(tensors[0]), seed)
+        history = train_loop(model, functools.partial(self.batch_loss, model), tensors, train, progress=progress,
+                             mixed_precision=mixed_precision, desc=f"steal-{type(self).__name__.lower()}")
+        return AttackResult(model["encoder"].cpu().eval(), purchase.queries, purchase.cost, history, purchase.account,
+                            self.extra(model, purchase, history))
 
     def run(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker", progress: bool = False) -> AttackResult:
@@ -168,8 +252,3 @@ class StealingAttack:
             result.extra["train_seconds"] = time.perf_counter() - began
             results.append(result)
         return results
-
-
-def price_per_query(api: RepresentationAPI, account: str) -> float:
-    ledger = api.ledger(account)
-    return ledger.cost / ledger.images if ledger.images else 0.0

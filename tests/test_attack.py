@@ -1,15 +1,21 @@
 import dataclasses
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 import torch
 
+import sslaudit.attacks
+from sslaudit import registry
 from sslaudit.api import Ledger, SimulatedAPI
-from sslaudit.attack import choose_queries, query_all
+from sslaudit.attack import Attack, AttackResult, StealingAttack, choose_queries, query_all
 from sslaudit.attacks.direct_extraction import DirectExtraction
 from sslaudit.data import ImageData
 from sslaudit.features import embed
-from sslaudit.models import InputSpec, build_encoder
+from sslaudit.models import Encoder, InputSpec, build_encoder
 from sslaudit.train import TrainConfig
+from sslaudit.train import fit as train_loop
 
 
 def smooth_images(n, seed=0):
@@ -107,3 +113,48 @@ def test_config_is_validated():
         DirectExtraction(loss="l3")
     with pytest.raises(ValueError, match="temperature"):
         DirectExtraction(loss="infonce", temperature=0)
+
+
+@dataclasses.dataclass(kw_only=True)
+class MatchAnswers(StealingAttack):
+    """A toy recipe that defines nothing but its loss: everything else is the shared scaffold."""
+
+    def batch_loss(self, model, batch, gen):
+        x, v = batch
+        return (model(x) - v).pow(2).mean()
+
+
+def test_a_recipe_defining_only_its_loss_trains_through_the_scaffold(encoder):
+    api = OnlyTheAPI(SimulatedAPI(encoder, price_per_1k=2.0, device=torch.device("cpu")))
+    attack = MatchAnswers(stolen_arch="convnet-small", train=dataclasses.replace(QUICK, epochs=3, batch_size=16))
+    purchase = attack.buy(api, pool(64), budget=40, account="eve")
+    result = attack.fit(api, purchase, seed=1)
+    assert isinstance(result, AttackResult) and isinstance(result.encoder, Encoder) and not result.encoder.training
+    assert (result.queries, result.cost, result.account) == (40, purchase.cost, "eve")
+    assert purchase.cost == pytest.approx(0.08)
+    assert len(result.history.loss) == 3 and result.extra == {}
+    torch.manual_seed(1)  # the scaffold seeds the initialisation, then trains it
+    untrained = build_encoder("convnet-small", api.spec).state_dict()
+    assert any(not torch.equal(t, untrained[k]) for k, t in result.encoder.state_dict().items())
+    again = attack.fit(api, purchase, seed=1).encoder.state_dict()
+    assert all(torch.equal(t, again[k]) for k, t in result.encoder.state_dict().items())
+    assert isinstance(attack, Attack)
+
+
+def test_no_recipe_repeats_the_scaffold():
+    for info in pkgutil.iter_modules(sslaudit.attacks.__path__):
+        module = importlib.import_module(f"sslaudit.attacks.{info.name}")
+        source = inspect.getsource(module)
+        assert "torch.manual_seed(" not in source and "AttackResult(" not in source, info.name
+        assert getattr(module, "fit", None) is not train_loop, info.name  # sslaudit.train.fit is the scaffold's
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, StealingAttack):
+                assert obj.train_stolen is StealingAttack.train_stolen, obj
+
+
+def test_every_registered_attack_meets_the_protocol():
+    for name in registry.names("attack"):
+        attack = registry.build("attack", name)
+        assert isinstance(attack, Attack) and isinstance(attack, StealingAttack), name
+    assert registry.build("attack", "infonce").loss == "infonce"
+    assert registry.build("attack", "wasserstein:standardize=true").standardize
