@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslaudit.models import Encoder, InputSpec
-from sslaudit.victim import Victim
+from sslaudit.victim import BadCard, Victim, input_from_card, load_matching
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".zip")
 
@@ -116,15 +116,26 @@ def card_input(weights: Path | None) -> InputSpec | None:
     card = weights.with_suffix(".json") if weights else None
     if card is None or not card.is_file():
         return None
-    data = json.loads(card.read_text())
-    return InputSpec.from_dict(data["input"]) if "input" in data else None
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadCard(f"{card} is not a readable JSON card ({err})") from err
+    if not isinstance(data, dict) or "input" not in data:
+        return None
+    return input_from_card(data["input"], card)
 
 
 def load_external(spec: str, *, weights: str | Path | None = None, native: InputSpec | None = None,
-                  served: InputSpec | None = None) -> Victim:
-    """A victim from an external model. ``native``: its own input; ``served``: what the API accepts."""
+                  served: InputSpec | None = None, random_weights: bool = False) -> Victim:
+    """A victim from an external model. ``native``: its own input; ``served``: what the API accepts.
+
+    A model built from ``spec`` needs ``weights``; ``random_weights=True`` serves it randomly initialised.
+    """
     path = Path(spec)
     weights = Path(weights) if weights else None
+    if weights is None and not random_weights and not path.is_file():
+        raise ValueError(f"{spec} has no weights: give its weights file with --weights, or pass --random-weights "
+                         "to audit it randomly initialised")
     native = native or card_input(weights) or card_input(path if path.suffix else None)
     if native is None:
         raise ValueError(f"state the input of {spec}: --input-size, --channels (and --mean/--std), "
@@ -137,11 +148,7 @@ def load_external(spec: str, *, weights: str | Path | None = None, native: Input
     else:
         model = build_model(spec)
     if weights is not None:
-        state = read_weights(weights)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise BadCheckpoint(f"{weights} does not fit {spec}: missing {result.missing_keys[:5]}, unexpected "
-                                f"{result.unexpected_keys[:5]}")
+        load_matching(model, read_weights(weights), weights, spec, error=BadCheckpoint)
     served = served or InputSpec(channels=1, size=28)
     backbone = NativeInput(model.eval(), native)
     with torch.no_grad():

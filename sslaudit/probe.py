@@ -119,7 +119,8 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0,
 
     ``folds=None``: one held-out fifth, returning the chosen fit's weights as the warm start.
     ``folds=k``: stratified k-fold cross-validation (correct predictions summed over the folds; no
-    warm start is returned). Fits run from the strongest to the weakest L2, each warm-started from
+    warm start is returned); k is capped at the smallest class's count, and with one image per class
+    the strongest L2 is taken. Fits run from the strongest to the weakest L2, each warm-started from
     the last; ties go to the stronger regularisation.
     """
     grid = sorted(L2_GRID, reverse=True)
@@ -132,6 +133,9 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0,
         correct = [int((_predict(w, xv) == y[val]).sum()) for w in weights]
         best = max(range(len(grid)), key=lambda i: (correct[i], -i))
         return grid[best], weights[best]
+    folds = min(folds, int(torch.bincount(y).min()))  # every fold holds each class at least once
+    if folds < 2:  # one image per class (quick runs): nothing to hold out, regularise the most
+        return grid[0], None
     parts = stratified_folds(y, folds, seed)
     fits = [torch.cat([p for g, p in enumerate(parts) if g != f]) for f in range(folds)]
     size = max(len(i) for i in fits)

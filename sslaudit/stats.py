@@ -51,9 +51,9 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     if n < 2:
         return Interval(mean, math.nan, n)
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return Interval(mean, stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n), n)
+    return Interval(mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n), n)
 
 
 def separated(a: Interval, b: Interval) -> bool:
     """True when ``a`` lies entirely above ``b`` (their intervals do not overlap)."""
-    return a.n >= 2 and b.n >= 2 and a.low > b.high
+    return bool(a.n >= 2 and b.n >= 2 and a.low > b.high)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -109,12 +110,14 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history, start = History(), 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
-        history = History(**state["history"])
-        start = int(state["epoch"])
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            history, start = _resume(Path(checkpoint), model, optimizer, gen, device)
+        except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be resumed is set aside, never fatal
+            _set_aside(Path(checkpoint), err)
+            model.load_state_dict(initial)
+            optimizer, history, start = make_optimizer(params, cfg), History(), 0
+            gen.manual_seed(cfg.seed)
     model.train()
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False)
     seen, began = 0, time.perf_counter()
@@ -142,6 +145,33 @@ def fit(
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+            device: torch.device) -> tuple[History, int]:
+    """Load a checkpoint written by :func:`_save_checkpoint` into the run; (history, next epoch)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    history, epoch = History(**state["history"]), int(state["epoch"])
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+    return history, epoch
+
+
+def _set_aside(path: Path, err: BaseException) -> Path:
+    """Rename an unusable checkpoint to ``<name>.corrupt-<timestamp>`` and warn in one line."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    try:
+        path.replace(target)
+    except FileNotFoundError:  # another process (a DDP rank) moved it first
+        pass
+    warnings.warn(f"checkpoint {path} could not be resumed ({type(err).__name__}: {' '.join(str(err).split())[:120]}); "
+                  f"moved it to {target.name} and started fresh", RuntimeWarning, stacklevel=3)
+    return target
 
 
 def _save_checkpoint(

@@ -55,6 +55,42 @@ def make_card(*, method: str, config: Any, data: ImageData, encoder: Encoder, hi
     return json.loads(json.dumps(card))
 
 
+class BadCard(ValueError):
+    """A victim card or weights file that cannot describe a usable encoder; the message says what to fix."""
+
+
+CARD_INPUT_EXAMPLE = '{"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'
+
+
+def input_from_card(value: Any, source: str | Path) -> InputSpec:
+    """The card's ``input`` entry as an :class:`InputSpec`; a :class:`BadCard` says what it must contain."""
+    ok = isinstance(value, dict) and all(
+        isinstance(value.get(k), int) and not isinstance(value.get(k), bool) and value[k] >= 1
+        for k in ("channels", "size"))
+    if ok:
+        try:
+            stats = [tuple(float(v) for v in value.get(k) or ()) for k in ("mean", "std")]
+            return InputSpec(value["channels"], value["size"], *stats)
+        except (TypeError, ValueError):
+            pass
+    raise BadCard(f"{source}: 'input' must be an object with positive integer channels and size, and optional "
+                  f"mean/std lists of one number per channel, e.g. {CARD_INPUT_EXAMPLE}; got {value!r}")
+
+
+def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                  model: str = "the model", error: type[ValueError] = BadCard) -> None:
+    """Load ``state`` into ``module`` strictly; ``error`` names the first tensor whose shape does not match."""
+    expected = module.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise error(f"{source} does not fit {model}: tensor {key!r} has shape {list(tensor.shape)} in the "
+                        f"file but {list(expected[key].shape)} in the model")
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise error(f"{source} does not fit {model}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    module.load_state_dict(state)
+
+
 @dataclass
 class Victim:
     """An encoder with its card. ``encoder`` maps ``[0, 1]`` images to features."""
@@ -83,7 +119,20 @@ class Victim:
         card_path, weights = path.with_suffix(".json"), path.with_suffix(".safetensors")
         if not card_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"no victim at {path}: expected {card_path.name} and {weights.name}")
-        card = json.loads(card_path.read_text())
-        encoder = build_encoder(card["arch"], InputSpec.from_dict(card["input"]))
-        encoder.load_state_dict(load_file(str(weights)))
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadCard(f"{card_path} is not a readable JSON card ({err})") from err
+        if not isinstance(card, dict) or not isinstance(card.get("arch"), str):
+            raise BadCard(f"{card_path}: a victim card needs 'arch' (see `sslaudit list`) and 'input'")
+        spec = input_from_card(card.get("input"), card_path)
+        try:
+            encoder = build_encoder(card["arch"], spec)
+        except KeyError as err:
+            raise BadCard(f"{card_path}: {err.args[0]}") from err
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - any reader failure means an unusable weights file
+            raise BadCard(f"{weights} is not a readable safetensors file ({type(err).__name__})") from err
+        load_matching(encoder, state, weights, f"the {card['arch']} of its card")
         return cls(encoder.eval(), card)

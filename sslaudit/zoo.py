@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from sslaudit.external import load_external
 from sslaudit.models import InputSpec
 from sslaudit.tasks import downstream_task, victim_training_data
 from sslaudit.registry import get_victim, names
-from sslaudit.victim import Victim, config_key
+from sslaudit.victim import BadCard, Victim, config_key
 
 SHIPPED = Path(__file__).resolve().parent / "weights"
 
@@ -51,7 +52,11 @@ def find_victim(method: str, preset: str = "tiny", epochs: int | None = None) ->
     key = config_key(preset_config(method, preset, epochs))
     for path in (shipped_path(method, preset), cache_dir() / "victims" / f"{method}-{key}"):
         if path.with_suffix(".safetensors").is_file():
-            victim = Victim.load(path)
+            try:
+                victim = Victim.load(path)
+            except (BadCard, FileNotFoundError) as err:
+                warnings.warn(f"skipping a bad cached victim: {err}", stacklevel=2)
+                continue
             if victim.card.get("config_key") == key:
                 return victim
     return None
@@ -76,14 +81,16 @@ def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None
 
 
 def resolve_victim(spec: str, preset: str = "tiny", *, train_if_missing: bool = True, progress: bool = True,
-                   weights: str | Path | None = None, native: InputSpec | None = None) -> Victim:
+                   weights: str | Path | None = None, native: InputSpec | None = None,
+                   random_weights: bool = False) -> Victim:
     """A victim from a recipe name, a saved victim (``.safetensors``/``.json``), or an external model.
 
-    External: ``timm:NAME``, ``torchvision:NAME``, ``module:factory`` (with ``weights``) or a TorchScript file.
+    External: ``timm:NAME``, ``torchvision:NAME``, ``module:factory`` (with ``weights``, or
+    ``random_weights=True`` for a randomly initialised baseline) or a TorchScript file.
     """
     path = Path(spec)
     if ":" in spec or weights is not None or (path.is_file() and path.suffix not in (".safetensors", ".json")):
-        return load_external(spec, weights=weights, native=native)
+        return load_external(spec, weights=weights, native=native, random_weights=random_weights)
     if path.suffix in (".safetensors", ".json") or path.with_suffix(".safetensors").is_file():
         return Victim.load(path)
     if spec not in names("victim"):

@@ -90,6 +90,11 @@ def test_weights_that_do_not_fit_say_which_keys(factory_module, tmp_path):
     save_file({"other.weight": torch.zeros(2, 2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(BadCheckpoint, match="does not fit.*other.weight"):
         load_external("byo_models:small", weights=tmp_path / "w.safetensors", native=NATIVE)
+    state = trained_copy(factory_module).state_dict()
+    save_file({**state, "0.weight": torch.zeros(8, 1, 3, 3)}, str(tmp_path / "w.safetensors"))
+    shapes = r"tensor '0.weight' has shape \[8, 1, 3, 3\] in the file but \[8, 3, 3, 3\]"
+    with pytest.raises(BadCheckpoint, match=shapes):
+        load_external("byo_models:small", weights=tmp_path / "w.safetensors", native=NATIVE)
 
 
 def test_torchscript_file(factory_module, tmp_path):
@@ -127,17 +132,19 @@ def test_timm_and_torchvision_adapters(monkeypatch):
     tv.models = types.SimpleNamespace(get_model=lambda name, weights: TinyNet())
     monkeypatch.setitem(sys.modules, "torchvision", tv)
     monkeypatch.setitem(sys.modules, "torchvision.models", tv.models)
-    assert load_external("timm:resnet18", native=NATIVE).encoder.dim == 5
+    assert load_external("timm:resnet18", native=NATIVE, random_weights=True).encoder.dim == 5
     assert calls["timm"] == ("resnet18", False, 0)  # no hub download, classifier removed
-    assert load_external("torchvision:resnet18", native=NATIVE).encoder.dim == 3  # fc replaced by Identity
+    assert load_external("torchvision:resnet18", native=NATIVE, random_weights=True).encoder.dim == 3  # fc removed
 
 
 def test_missing_library_and_missing_input_say_what_to_do(monkeypatch, factory_module):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ImportError, match=r"sslaudit\[zoo\]"):
-        load_external("timm:resnet18", native=NATIVE)
+        load_external("timm:resnet18", native=NATIVE, random_weights=True)
     with pytest.raises(ValueError, match="--input-size"):
-        load_external("byo_models:small")
+        load_external("byo_models:small", random_weights=True)
+    with pytest.raises(ValueError, match="--weights, or pass --random-weights"):
+        load_external("byo_models:small", native=NATIVE)  # never a random model by accident
 
 
 def test_card_beside_the_weights_gives_the_input(factory_module, tmp_path):
@@ -152,7 +159,7 @@ def test_cli_steals_an_external_victim(needs_fmnist, factory_module, tmp_path):
     result = CliRunner().invoke(main, [
         "steal", "--victim", "byo_models:small", "--weights", str(tmp_path / "w.safetensors"),
         "--input-size", "16", "--channels", "3", "--mean", "0.4,0.5,0.6", "--std", "0.2,0.25,0.3",
-        "--queries", "200", "--epochs", "1", "--eval-train", "500", "--eval-test", "200", "--no-progress",
+        "--queries", "200", "--epochs", "1", "--eval-train", "1000", "--eval-test", "200", "--no-progress",
         "--stolen-arch", "convnet-small", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
