@@ -58,9 +58,9 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
                     reports = steal_curve(victim, attack, pool, [max(b, 1) for b in todo], task, seed=seed)
                 for budget, report in zip(todo, reports):
                     append_row(JSONL, {"spec": spec, "pool": pool_name, "budget": budget, "seed": seed,
-                                       "schedule": schedule, "victim": victim.name, "report": report})
+                                       "schedule": schedule, "victim": victim.name, "report": report.to_dict()})
                     print(f"{spec} {pool_name} {budget} seed {seed} {schedule}: gain "
-                          f"{report['stolen']['gain_recovered']}", flush=True)
+                          f"{report.stolen.gain_recovered}", flush=True)
                 print(f"{spec} {pool_name} seed {seed}: {time.perf_counter() - began:.0f}s", flush=True)
     render(load_rows(JSONL), MARKDOWN, FIGURE, write_markdown)
 
@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--victim", default="simclr")
     parser.add_argument("--equal-steps", action="store_true", help=f"every budget trains {STEPS_OF} queries' steps")
-    parser.add_argument("--jsonl", type=str, default=None, help="append rows here instead (parallel runs)")
+    parser.add_argument("--jsonl", type=str, default=None,
+                        help="append rows to bench/results/NAME instead; name parallel runs curves_partN.jsonl")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--validation", action="store_true", help="score on FMNIST train[50000:] (for choosing settings)")
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
     if args.jsonl:
         JSONL = RESULTS / args.jsonl
     if args.render_only:
-        rows = [r for path in sorted(RESULTS.glob(JSONL.stem + "*.jsonl")) for r in load_rows(path)]
+        rows = [r for path in [JSONL, *sorted(RESULTS.glob(JSONL.stem + "_part*.jsonl"))] for r in load_rows(path)]
         render(rows, MARKDOWN, FIGURE, write_markdown)
         return
     run(args.attacks, args.pools, args.budgets, args.seeds, args.victim, args.equal_steps, args.validation)

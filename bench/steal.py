@@ -14,10 +14,11 @@ import time
 from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit import registry
-from sslaudit.cli import parse_component
-from sslaudit.tasks import attack_pool, downstream_task
 from sslaudit.audit import steal
-from sslaudit.report.table import format_table
+from sslaudit.registry import parse_component
+from sslaudit.report.markdown import results_markdown
+from sslaudit.result import StealResult
+from sslaudit.tasks import attack_pool, downstream_task
 from sslaudit.zoo import resolve_victim
 
 JSONL, MARKDOWN = RESULTS / "steal.jsonl", RESULTS / "steal.md"
@@ -39,37 +40,24 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
                         continue
                     attack = registry.get_attack(name)(**options)
                     began = time.perf_counter()
-                    report = steal(victim, attack, pool, budget, task, seed=seed)
-                    print(f"{spec} {pool_name} {budget} seed {seed}: gain "
-                          f"{report['stolen']['gain_recovered']} in {time.perf_counter() - began:.0f}s", flush=True)
+                    result = steal(victim, attack, pool, budget, task, seed=seed)
+                    print(f"{spec} {pool_name} {budget} seed {seed}: gain {result.stolen.gain_recovered} in "
+                          f"{time.perf_counter() - began:.0f}s", flush=True)
                     append_row(JSONL, {"spec": spec, "pool": pool_name, "budget": budget, "seed": seed,
-                                       "victim": victim.name, "report": report})
+                                       "victim": victim.name, "report": result.to_dict()})
     render()
 
 
 def render() -> None:
-    header = ["attack", "pool", "queries", "seed", "lin 1%", "lin full", "kNN", "cos", "CKA", "gain 1%", "gain full",
-              "transfer 1%", "transfer full", "train s", "threads"]
-    rows = []
-    for r in load_rows(JSONL):
-        s, rep = r["report"]["stolen"], r["report"]
-        g, t, f = s["gain_recovered"], s["transfer_ratio"], s["fidelity"]
-        cos = "—" if f["cosine"] is None else f"{f['cosine']:.2f}"
-        rows.append([r["spec"], r["pool"], str(rep["queries"]["sent"]), str(r["seed"]),
-                     f"{100 * s['linear_1pct']:.1f}", f"{100 * s['linear_full']:.1f}", f"{100 * s['knn']:.1f}",
-                     cos, f"{f['cka']:.2f}", f"{g['linear_1pct']:.2f}", f"{g['linear_full']:.2f}",
-                     f"{t['linear_1pct']:.2f}", f"{t['linear_full']:.2f}", f"{s['train_seconds']:.0f}",
-                     str(rep["run"]["threads"])])
+    rows = load_rows(JSONL)
     if not rows:
         return
-    first = load_rows(JSONL)[0]["report"]
-    v, fl = first["victim"], first["floor"]
-    notes = (f"Victim {v['name']}: lin 1% {100 * v['linear_1pct']:.1f}, lin full {100 * v['linear_full']:.1f}, "
-             f"kNN {100 * v['knn']:.1f}. Random-init floor ({fl['arch']}): lin 1% {100 * fl['linear_1pct']:.1f}, "
-             f"lin full {100 * fl['linear_full']:.1f}, kNN {100 * fl['knn']:.1f}. Probes train on FMNIST train "
-             f"labels and test on FMNIST test[5000:], never queried. 'train s' is the attack's wall time "
-             f"(querying + training) with the listed torch threads; {CONTENTION}")
-    write_markdown(MARKDOWN, "Stealing the tiny SimCLR victim", format_table(header, rows, markdown=True), notes)
+    results = [StealResult.from_dict(r["report"]) for r in rows]
+    labels = [f"{r['spec']} ({r['pool']}, seed {r['seed']})" for r in rows]
+    notes = ("The victim and random-init rows are the first run's. Probes train on FMNIST train labels and "
+             "test on FMNIST test[5000:], never queried. 'seconds' is the attack's wall time (querying + "
+             f"training) with the torch threads in the run line; {CONTENTION}")
+    write_markdown(MARKDOWN, "Stealing the tiny SimCLR victim", results_markdown(results, labels), notes)
 
 
 def main() -> None:

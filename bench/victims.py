@@ -1,7 +1,7 @@
 """Benchmark: victims on Fashion-MNIST next to raw pixels and a random-init encoder.
 
 Trains each requested victim with its preset (or reuses the shipped/cached one,
-whose card keeps the training time and scores) and writes
+whose card keeps the training time; scores come from the score cache) and writes
 ``bench/results/victims.jsonl`` and ``bench/results/victims.md``.
 
     python bench/victims.py --methods simclr --preset tiny

@@ -1,55 +1,62 @@
-"""One stealing run end to end: victim → simulated API → attack → evaluation → a results dict.
+"""One stealing run end to end: victim → simulated API → attack → evaluation → a :class:`StealResult`.
 
-The random-init floor (an untrained encoder of the stolen architecture) is
-measured in the same run; the victim's own scores are cached in its card per
-downstream split, since they depend only on the victim and the split.
+The random-init floor (an untrained encoder of the stolen architecture) is measured in the same run;
+the victim's and the floor's scores come from the on-disk score cache (:mod:`sslaudit.score_cache`),
+since they depend only on the encoder and the task; evaluation never writes into a victim's card.
+With ``honest=True`` an honest account solves the task through the same (defended) API, and each
+result carries its scores beside the victim's direct ones.
 
->>> report = steal(victim, DirectExtraction(loss="mse"), attack_pool("fashion-mnist"), 5000, downstream_task())  # doctest: +SKIP
->>> report["stolen"]["gain_recovered"]["linear_full"]  # doctest: +SKIP
->>> reports = steal_curve(victim, DirectExtraction(loss="mse"), pool, [500, 1000, 2000, 5000], task)  # doctest: +SKIP
+>>> result = steal(victim, DirectExtraction(loss="mse"), pool, 5000, downstream_task(), honest=True)  # doctest: +SKIP
+>>> result.stolen.gain_recovered.linear_full  # doctest: +SKIP
+>>> results = steal_curve(victim, DirectExtraction(loss="mse"), pool, [500, 1000, 2000, 5000], task)  # doctest: +SKIP
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Sequence
+from dataclasses import fields, is_dataclass, replace
+from typing import Callable, Sequence
 
 import torch
 
 from sslaudit.api import Defense, SimulatedAPI
+from sslaudit.attack import Attack
 from sslaudit.data import ImageData
-from sslaudit.evaluate import METRICS, evaluate_encoder, evaluate_features, fidelity, gain_recovered, transfer_ratio
+from sslaudit.evaluate import METRICS, evaluate_features, fidelity, gain_recovered, transfer_ratio
 from sslaudit.features import embed
+from sslaudit.honest import HONEST, honest_budget, honest_scores
 from sslaudit.models import build_encoder, count_parameters
-from sslaudit.tasks import DownstreamTask
+from sslaudit.result import (EncoderScores, Fidelity, FloorRow, QueryAccount, Ratios, StealResult, StolenRow,
+                             VictimRow)
 from sslaudit.runinfo import run_info
+from sslaudit.score_cache import cached_scores
+from sslaudit.secret import DeploymentSecret
+from sslaudit.tasks import DownstreamTask
 from sslaudit.victim import Victim
+
+ATTACKER = "attacker"
 
 
 def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
-    """The victim's probe scores on ``task``, computed once and kept in its card."""
-    cached = victim.card.setdefault("scores", {}).get(task.key)
-    if cached is None:
-        cached = evaluate_encoder(victim.encoder, task)
-        victim.card["scores"][task.key] = cached
-    return cached
-
-
-ATTACKER = "attacker"
-_FLOORS: dict[tuple, dict[str, float]] = {}
+    """The victim's probe scores on ``task``, measured on its encoder once and kept in the score cache."""
+    return cached_scores(victim.encoder, task)
 
 
 def floor_scores(arch: str, spec: object, seed: int, task: DownstreamTask) -> dict[str, float]:
-    """Probe scores of a random-init ``arch`` built with ``seed``, computed once per process."""
-    key = (arch, repr(spec), seed, task.key)
-    if key not in _FLOORS:
-        torch.manual_seed(seed)
-        _FLOORS[key] = evaluate_encoder(build_encoder(arch, spec), task)
-    return _FLOORS[key]
+    """Probe scores of a random-init ``arch`` built with ``seed`` (cached by the weights' content hash)."""
+    torch.manual_seed(seed)
+    return cached_scores(build_encoder(arch, spec), task)
+
+
+def _ratios(fn: Callable[..., float], a: EncoderScores, *rest: EncoderScores) -> Ratios:
+    """``fn(a.m, *(r.m for r in rest))`` for each metric ``m``; None where undefined (NaN: victim = floor)."""
+    values = (fn(getattr(a, m), *(getattr(r, m) for r in rest)) for m in METRICS)
+    return Ratios(*(None if v is None or math.isnan(v) else v for v in values))
 
 
 def steal(
     victim: Victim,
-    attack: object,
+    attack: Attack,
     pool: ImageData,
     budget: int,
     task: DownstreamTask,
@@ -58,15 +65,17 @@ def steal(
     price_per_1k: float = 1.0,
     seed: int = 0,
     progress: bool = False,
-) -> dict:
+    honest: bool = False,
+    secret: DeploymentSecret | None = None,
+) -> StealResult:
     """Run ``attack`` against ``victim`` behind a simulated API and score everything."""
     return steal_curve(victim, attack, pool, [budget], task, defenses=defenses, price_per_1k=price_per_1k,
-                       seed=seed, progress=progress)[0]
+                       seed=seed, progress=progress, honest=honest, secret=secret)[0]
 
 
 def steal_curve(
     victim: Victim,
-    attack: object,
+    attack: Attack,
     pool: ImageData,
     budgets: Sequence[int],
     task: DownstreamTask,
@@ -76,68 +85,88 @@ def steal_curve(
     seed: int = 0,
     progress: bool = False,
     equal_steps: bool = False,
-) -> list[dict]:
-    """One report per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
+    honest: bool = False,
+    secret: DeploymentSecret | None = None,
+) -> list[StealResult]:
+    """One result per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
 
     The API enforces the budget: every account the attack declares (``attack.account_budgets``) gets its
     share, any other account has none, so an attack that tries to spend more is refused by the API.
     ``equal_steps`` trains every prefix for the largest budget's number of optimisation steps.
+    ``honest``: the same API (same defences, same ``secret``) also serves the account ``"honest"``, with a
+    budget of one query per task image, which solves ``task`` through it (:func:`honest_scores`).
+    Fidelity cosine is None for attacks whose ``victim_coordinates`` is False (CKA only).
     """
     budgets = sorted(set(budgets))
     began = time.perf_counter()
-    v_scores = victim_scores(victim, task)
-    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0)
-    for name, share in attack.account_budgets(budgets, ATTACKER).items():
+    v_scores = EncoderScores.from_dict(victim_scores(victim, task))
+    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret)
+    shares = attack.account_budgets(budgets, ATTACKER)
+    if honest and HONEST in shares:
+        raise ValueError(f"the attack declares the account {HONEST!r}, which the honest user's path uses")
+    for name, share in shares.items():
         api.set_budget(name, share)
     attack_began = time.perf_counter()
     results = attack.run_curve(api, pool, budgets, seed=seed, account=ATTACKER, progress=progress,
                                equal_steps=equal_steps)
     attack_seconds = time.perf_counter() - attack_began
-    floor_arch = results[0].encoder.arch
-    floor = floor_scores(floor_arch, results[0].encoder.spec, seed, task)
+    honest_row = None
+    if honest:
+        api.set_budget(HONEST, honest_budget(task))
+        honest_row = honest_scores(api, task, HONEST)
+        honest_row = replace(honest_row, utility=_ratios(transfer_ratio, honest_row.scores, v_scores))
+    floor = FloorRow(results[0].encoder.arch, EncoderScores.from_dict(
+        floor_scores(results[0].encoder.arch, results[0].encoder.spec, seed, task)))
+    victim_row = VictimRow(victim.name, victim.card["method"], victim.card["arch"],
+                           count_parameters(victim.encoder), v_scores)
     victim_test = embed(victim.encoder, task.test.images)
-    ledgers = api.ledgers().values()  # every account the attack used (sybils use several)
-    # What the API charged, over every account the attack used: the figures a report rests on.
+    # What the API charged, over every account the attack used (sybils use several): the figures a report
+    # rests on. The honest account is not the attacker's.
+    ledgers = [led for name, led in api.ledgers().items() if not (honest and name == HONEST)]
     account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
     charged = sum(led.cost for led in ledgers)
+    same_space = getattr(attack, "victim_coordinates", True)
+    config, described = _describe(attack), [_describe(d) for d in defenses]
     reports = []
     for budget, result in zip(budgets, results):
         stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
-        stolen = evaluate_features(embed(result.encoder, task.train.images), stolen_test, task)
+        scores = EncoderScores.from_dict(evaluate_features(embed(result.encoder, task.train.images), stolen_test,
+                                                           task))
+        fid = fidelity(stolen_test, victim_test)
         seconds = result.extra.get("train_seconds", attack_seconds if len(budgets) == 1 else None)
-        reports.append({
-            "victim": {"name": victim.name, "method": victim.card["method"], "arch": victim.card["arch"],
-                       "parameters": count_parameters(victim.encoder), **v_scores},
-            "floor": {"arch": floor_arch, **floor},
-            "stolen": {
-                "attack": type(attack).__name__,
-                "config": _describe(attack),
-                "arch": result.encoder.arch,
-                "parameters": count_parameters(result.encoder),
-                **stolen,
-                "fidelity": fidelity(stolen_test, victim_test),
-                "transfer_ratio": {m: transfer_ratio(stolen[m], v_scores[m]) for m in METRICS},
-                "gain_recovered": {m: gain_recovered(stolen[m], v_scores[m], floor[m]) for m in METRICS},
-                "train_seconds": None if seconds is None else round(seconds, 1),
-                "final_loss": result.history.loss[-1] if result.history.loss else None,
-                "extra": {k: v for k, v in result.extra.items() if k != "train_seconds"},
-            },
-            "queries": {"budget": budget, "sent": result.queries, "cost": result.cost,
-                        "account_total": account_total, "calls": calls, "charged": charged,
-                        "price_per_1k": price_per_1k,
-                        "pool": pool.name},
-            "defenses": [_describe(d) for d in defenses],
-            "task": task.key,
-            "run": run_info(seed=seed, wall_seconds=time.perf_counter() - began),
-        })
+        stolen = StolenRow(
+            attack=type(attack).__name__, config=config, arch=result.encoder.arch,
+            parameters=count_parameters(result.encoder), scores=scores,
+            fidelity=Fidelity(cosine=fid["cosine"] if same_space else None, cka=fid["cka"]),
+            transfer_ratio=_ratios(transfer_ratio, scores, v_scores),
+            gain_recovered=_ratios(gain_recovered, scores, v_scores, floor.scores),
+            train_seconds=None if seconds is None else round(seconds, 1),
+            final_loss=result.history.loss[-1] if result.history.loss else None,
+            extra=_plain({k: v for k, v in result.extra.items() if k != "train_seconds"}))
+        queries = QueryAccount(budget=budget, sent=result.queries, cost=result.cost, account_total=account_total,
+                               calls=calls, charged=charged, price_per_1k=price_per_1k, pool=pool.name)
+        reports.append(StealResult(victim_row, floor, stolen, queries, described, task.key,
+                                   run_info(seed=seed, wall_seconds=time.perf_counter() - began), honest_row))
     return reports
 
 
+def _plain(value: object) -> object:
+    """``value`` as plain JSON data: dataclasses described, tuples as lists, anything else as its repr
+    (a :class:`DeploymentSecret` shows as ``DeploymentSecret(<hidden>, ...)``, never its key)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _describe(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
 def _describe(obj: object) -> dict:
-    fields = getattr(obj, "__dataclass_fields__", {})
     out: dict = {"name": type(obj).__name__}
-    for name in fields:
-        if not name.startswith("_"):
-            value = getattr(obj, name)
-            out[name] = _describe(value) if hasattr(value, "__dataclass_fields__") else value
+    for f in fields(obj) if is_dataclass(obj) else ():  # fields() leaves out ClassVars
+        if not f.name.startswith("_"):
+            out[f.name] = _plain(getattr(obj, f.name))
     return out

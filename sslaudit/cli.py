@@ -16,8 +16,7 @@ import click
 
 from sslaudit import registry
 from sslaudit.cli_options import (MIN_EVAL_TEST, AtLeast, NonNegativeNumber, OneLineGroup, build_component,
-                                  check_arch, check_writable, eval_train_type, friendly, min_eval_train,
-                                  write_atomically)
+                                  check_arch, check_writable, eval_train_type, friendly, min_eval_train)
 from sslaudit.registry import parse_component  # noqa: F401 - re-exported: bench/ imports it from here
 
 POSITIVE = AtLeast(1)
@@ -126,7 +125,8 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.audit import steal_curve
-    from sslaudit.report.table import results_table
+    from sslaudit.report.json import write_json
+    from sslaudit.report.terminal import results_table
     from sslaudit.zoo import resolve_victim
 
     # Everything the user typed is checked before any victim is loaded or any model trained.
@@ -147,7 +147,7 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
                           progress=progress)
     click.echo(results_table(reports))
     if json_path:
-        write_atomically(json_path, json.dumps(reports[0] if len(reports) == 1 else {"curve": reports}, indent=2))
+        write_json(json_path, reports[0] if len(reports) == 1 else reports)
         click.echo(f"wrote {json_path}", err=True)
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from sslaudit.evaluate import evaluate_encoder
 from sslaudit.external import load_external
 from sslaudit.models import InputSpec
 from sslaudit.tasks import downstream_task, victim_training_data
@@ -74,7 +73,9 @@ def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None
     victim.card["preset"] = preset
     if score:
         task = downstream_task()
-        victim.card["scores"][task.key] = evaluate_encoder(victim.encoder, task)
+        from sslaudit.score_cache import cached_scores  # imports cache_dir from here
+
+        victim.card["scores"][task.key] = cached_scores(victim.encoder, task)  # provenance of the new card
     victim.card["saved_to"] = str(victim.save(target))
     checkpoint.unlink(missing_ok=True)
     return victim

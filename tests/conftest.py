@@ -9,6 +9,20 @@ from sslaudit.data import DataNotFoundError, load_fashion_mnist
 from sslaudit.models import InputSpec, build_encoder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Every test writes victims, checkpoints and cached scores under a fresh folder, never ~/.cache."""
+    import os
+
+    before = os.environ.get("SSLAUDIT_CACHE")
+    os.environ["SSLAUDIT_CACHE"] = str(tmp_path_factory.mktemp("sslaudit-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SSLAUDIT_CACHE", None)
+    else:
+        os.environ["SSLAUDIT_CACHE"] = before
+
+
 @pytest.fixture
 def encoder():
     torch.manual_seed(0)

@@ -1,12 +1,15 @@
 """End to end through the CLI on small subsets (click's CliRunner)."""
 import json
+import math
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from sslaudit.cli import main, parse_component
+from sslaudit.evaluate import evaluate_encoder
 from sslaudit.models import InputSpec, build_encoder
+from sslaudit.tasks import downstream_task
 from sslaudit.victim import Victim
 
 
@@ -18,11 +21,13 @@ def victim_file(tmp_path_factory):
     return Victim(encoder, card).save(tmp_path_factory.mktemp("victim") / "random")
 
 
-QUICK = ["--queries", "300", "--epochs", "2", "--eval-train", "1000", "--eval-test", "500", "--no-progress",
-         "--stolen-arch", "convnet-small"]
+EVAL_TRAIN, EVAL_TEST = 5000, 500  # the CLI's smallest --eval-train: 5 few labels per class, one per CV fold
+QUICK = ["--queries", "300", "--epochs", "2", "--eval-train", str(EVAL_TRAIN), "--eval-test", str(EVAL_TEST),
+         "--no-progress", "--stolen-arch", "convnet-small"]
 
 
-def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path):
+def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLAUDIT_CACHE", str(tmp_path / "cache"))  # the run measures, no scores from earlier runs
     out = tmp_path / "r.json"
     result = CliRunner().invoke(main, ["steal", "--victim", str(victim_file), "--attack", "infonce",
                                        "--defense", "noise:sigma=0.05", "--json", str(out), *QUICK])
@@ -34,10 +39,23 @@ def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path):
     for row in ("victim", "stolen", "floor"):
         for metric in ("linear_1pct", "linear_full", "knn"):
             assert 0.0 <= report[row][metric] <= 1.0
-    stolen, victim, floor = report["stolen"], report["victim"], report["floor"]
-    expected_gain = (stolen["linear_full"] - floor["linear_full"]) / (victim["linear_full"] - floor["linear_full"])
-    assert stolen["gain_recovered"]["linear_full"] == pytest.approx(expected_gain)
-    assert stolen["transfer_ratio"]["knn"] == pytest.approx(stolen["knn"] / victim["knn"])
+    # The victim's and the floor's scores, computed here from the encoders with the fixed protocol: the
+    # floor is a random-init encoder of the *stolen* architecture (--stolen-arch) built with the run's seed.
+    task = downstream_task(EVAL_TRAIN, EVAL_TEST)
+    victim = evaluate_encoder(Victim.load(victim_file).encoder, task)
+    torch.manual_seed(0)
+    floor = evaluate_encoder(build_encoder("convnet-small", InputSpec()), task)
+    assert report["floor"]["arch"] == "convnet-small"
+    stolen = report["stolen"]
+    for metric in ("linear_1pct", "linear_full", "knn"):
+        assert report["victim"][metric] == pytest.approx(victim[metric], abs=1e-9)
+        assert report["floor"][metric] == pytest.approx(floor[metric], abs=1e-9)
+        if victim[metric] == floor[metric]:  # nothing learned beyond random features: no gain to recover
+            assert math.isnan(stolen["gain_recovered"][metric])
+        else:
+            gain = (stolen[metric] - floor[metric]) / (victim[metric] - floor[metric])
+            assert stolen["gain_recovered"][metric] == pytest.approx(gain)
+        assert stolen["transfer_ratio"][metric] == pytest.approx(stolen[metric] / victim[metric])
     assert stolen["fidelity"]["cosine"] is not None and 0 <= stolen["fidelity"]["cka"] <= 1
     assert report["defenses"][0]["name"] == "GaussianNoise" and report["defenses"][0]["sigma"] == 0.05
     run = report["run"]

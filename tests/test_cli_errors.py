@@ -290,7 +290,7 @@ def test_victims_train_warns_in_one_line_about_a_truncated_checkpoint(tmp_path, 
     monkeypatch.setattr("sslaudit.zoo.get_victim", lambda name: FakeRecipe)
     monkeypatch.setattr("sslaudit.zoo.victim_training_data", lambda: torch.rand(8, 1, 28, 28))
     monkeypatch.setattr("sslaudit.zoo.downstream_task", lambda: type("Task", (), {"key": "k"})())
-    monkeypatch.setattr("sslaudit.zoo.evaluate_encoder", lambda encoder, task: {})
+    monkeypatch.setattr("sslaudit.score_cache.cached_scores", lambda encoder, task: {})
     ckpt = tmp_path / "checkpoints" / f"fake-{config_key(FakeRecipe.presets['tiny'])}.pt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"PK\x03\x04 truncated")

@@ -1,15 +1,14 @@
 """Cont-Steal: the loss against its formula written out, the query ledger (one or M views per image), a short steal."""
 import dataclasses
-import math
 
 import pytest
 import torch
-from test_attack import QUICK, OnlyTheAPI, pool, smooth_images
+from test_attack import QUICK, OnlyTheAPI, calibrated_victim, centred_cosine, pool, smooth_images
 
 from sslaudit.api import QueryBudgetExceeded, SimulatedAPI
 from sslaudit.attack import choose_queries
 from sslaudit.attacks.cont_steal import ContSteal, cont_steal_loss
-from sslaudit.evaluate import fidelity
+from sslaudit.augment import AugmentConfig
 from sslaudit.features import embed
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import get_attack
@@ -17,18 +16,24 @@ from sslaudit.registry import get_attack
 ONE_EPOCH = dataclasses.replace(QUICK, epochs=1)
 
 
+IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+
+
 def dot_unit(a, b):
-    return float(a @ b / (a.norm() * b.norm()))
+    return a @ b / (a.norm() * b.norm())
 
 
 def reference_loss(t, s, temperature):
-    """-(1/B) Σ_i log[exp(t_i·s_i/τ) / (Σ_{j≠i} exp(t_i·s_j/τ) + Σ_{j≠i} exp(s_i·s_j/τ))], with loops."""
+    """-(1/B) Σ_i log[exp(t_i·s_i/τ) / (Σ_{j≠i} exp(t_i·s_j/τ) + Σ_{j≠i} exp(s_i·s_j/τ))], with loops.
+
+    In torch ops on rows of ``t`` and ``s``, so autograd through it gives the formula's gradient.
+    """
     n, total = len(t), 0.0
     for i in range(n):
-        positive = math.exp(dot_unit(t[i], s[i]) / temperature)
-        cross = sum(math.exp(dot_unit(t[i], s[j]) / temperature) for j in range(n) if j != i)
-        within = sum(math.exp(dot_unit(s[i], s[j]) / temperature) for j in range(n) if j != i)
-        total += -math.log(positive / (cross + within))
+        positive = torch.exp(dot_unit(t[i], s[i]) / temperature)
+        cross = sum(torch.exp(dot_unit(t[i], s[j]) / temperature) for j in range(n) if j != i)
+        within = sum(torch.exp(dot_unit(s[i], s[j]) / temperature) for j in range(n) if j != i)
+        total = total - torch.log(positive / (cross + within))
     return total / n
 
 
@@ -36,17 +41,42 @@ def reference_loss(t, s, temperature):
 def test_loss_matches_formula(temperature):
     torch.manual_seed(0)
     t, s = torch.randn(6, 5), torch.randn(6, 5)
-    expected = reference_loss(t.double(), s.double(), temperature)
+    expected = float(reference_loss(t.double(), s.double(), temperature))
     assert cont_steal_loss(t, s, temperature).item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_loss_prefers_the_copy_and_trains_only_the_stolen_side():
+def test_loss_prefers_the_copy():
     torch.manual_seed(1)
-    t = torch.randn(8, 16)
-    s = torch.randn(8, 16, requires_grad=True)
-    loss = cont_steal_loss(t, s)
-    loss.backward()
-    assert cont_steal_loss(t, 2 * t) < loss and s.grad.abs().sum() > 0
+    t, s = torch.randn(8, 16), torch.randn(8, 16)
+    assert cont_steal_loss(t, 2 * t) < cont_steal_loss(t, s)
+
+
+def test_stolen_gradient_is_the_formulas_with_both_sides_requiring_grad():
+    """The surrogate's gradient through all three terms (positive, cross and surrogate-surrogate negatives) is
+    the formula's: a stop-gradient on s in the s·sᵀ negatives, or t and s swapped there, keeps the value of
+    a symmetric batch but not this. The victim side is not detached by the loss (its answers need no
+    gradient: they are constants from the API, see the next test); its gradient is not constrained here."""
+    torch.manual_seed(2)
+    t = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    cont_steal_loss(t, s, 0.2).backward()
+    t_ref, s_ref = (x.detach().clone().requires_grad_(True) for x in (t, s))
+    reference_loss(t_ref, s_ref, 0.2).backward()
+    assert s.grad is not None and torch.allclose(s.grad, s_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_steal_sends_no_gradient_to_the_victim():
+    """The victim's answers are constants: training on them never reaches (or changes) the victim's weights."""
+    torch.manual_seed(3)
+    victim = build_encoder("convnet-small", InputSpec()).eval()
+    before = {name: p.detach().clone() for name, p in victim.named_parameters()}
+    api = OnlyTheAPI(SimulatedAPI(victim, device=torch.device("cpu")))
+    attack = ContSteal(stolen_arch="convnet-small", train=ONE_EPOCH)
+    purchase = attack.buy(api, pool(128), budget=128)
+    assert not purchase.answers.requires_grad and purchase.answers.grad_fn is None
+    attack.fit(api, purchase)
+    assert all(p.grad is None for p in victim.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in victim.named_parameters())
 
 
 class Recording(OnlyTheAPI):
@@ -92,17 +122,20 @@ def test_budget_never_exceeded(encoder):
 
 
 def test_short_steal_through_the_interface_improves_fidelity():
-    torch.manual_seed(123)
-    victim = build_encoder("convnet-small", InputSpec()).eval()
+    """As test_attack's: a BatchNorm-calibrated victim and the *centred* cosine. With the loss zeroed, the
+    stolen encoder's BatchNorm statistics alone reach a raw cosine of 0.95 but a centred one of 0.06.
+    The surrogate's augmentation is the identity here: a random victim is not invariant to flips, crops or
+    jitter, so on it augmentation works against fidelity (0.20 with the default augmentation)."""
+    victim = calibrated_victim()
     api = OnlyTheAPI(SimulatedAPI(victim, device=torch.device("cpu")))
-    result = ContSteal(stolen_arch="convnet-small", train=QUICK).run(api, pool(256), budget=256)
+    result = ContSteal(stolen_arch="convnet-small", augment=IDENTITY, train=QUICK).run(api, pool(256), budget=256)
     assert result.queries == 256 and api.ledger("attacker").images == 256
     test_images = smooth_images(128, seed=5)
     target = embed(victim, test_images)
     torch.manual_seed(0)
-    before = fidelity(embed(build_encoder("convnet-small", api.spec), test_images), target)
-    after = fidelity(embed(result.encoder, test_images), target)
-    assert after["cosine"] > before["cosine"] + 0.1, (before, after)
+    before = centred_cosine(embed(build_encoder("convnet-small", api.spec), test_images), target)
+    after = centred_cosine(embed(result.encoder, test_images), target)
+    assert after > before + 0.25, (before, after)  # 0.09 -> 0.43; 0.06 with the loss zeroed
 
 
 def test_registered_and_validated():

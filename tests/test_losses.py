@@ -10,25 +10,34 @@ from sslaudit.losses import nt_xent_loss
 
 
 def cos(a, b):
-    return float(a @ b / (a.norm() * b.norm()))
+    return a @ b / (a.norm() * b.norm())
 
 
 def reference_pairwise_nce(views, n, temperature):
-    """(1/2N) Σ_a -log(exp(sim(a, p(a))/τ) / Σ_{k≠a} exp(sim(a, k)/τ)) with p(a) = a ± N."""
+    """(1/2N) Σ_a -log(exp(sim(a, p(a))/τ) / Σ_{k≠a} exp(sim(a, k)/τ)) with p(a) = a ± N.
+
+    Written with loops over rows of ``views`` (2N, d) in torch ops, so autograd gives the formula's gradient.
+    """
     total = 0.0
     for a in range(2 * n):
         partner = a + n if a < n else a - n
-        numerator = math.exp(cos(views[a], views[partner]) / temperature)
-        denominator = sum(math.exp(cos(views[a], views[k]) / temperature) for k in range(2 * n) if k != a)
-        total += -math.log(numerator / denominator)
+        numerator = torch.exp(cos(views[a], views[partner]) / temperature)
+        denominator = sum(torch.exp(cos(views[a], views[k]) / temperature) for k in range(2 * n) if k != a)
+        total = total - torch.log(numerator / denominator)
     return total / (2 * n)
+
+
+def formula_gradients(formula, *tensors):
+    """d formula(*tensors) / d each tensor, by autograd through the plainly written formula, in float64."""
+    leaves = [t.detach().double().requires_grad_(True) for t in tensors]
+    return torch.autograd.grad(formula(*leaves), leaves)
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_nt_xent_matches_formula(temperature):
     torch.manual_seed(0)
     z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
-    expected = reference_pairwise_nce(torch.cat([z1, z2]).double(), 6, temperature)
+    expected = float(reference_pairwise_nce(torch.cat([z1, z2]).double(), 6, temperature))
     assert nt_xent_loss(z1, z2, temperature).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -41,15 +50,36 @@ def test_nt_xent_is_low_for_identical_views():
 def test_info_nce_matches_dziedzic_formula(temperature):
     torch.manual_seed(1)
     s, v = torch.randn(5, 7), torch.randn(5, 7)
-    expected = reference_pairwise_nce(torch.cat([s, v]).double(), 5, temperature)
+    expected = float(reference_pairwise_nce(torch.cat([s, v]).double(), 5, temperature))
     assert info_nce_loss(s, v, temperature).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_info_nce_gradient_reaches_only_the_stolen_side():
-    s = torch.randn(4, 3, requires_grad=True)
-    v = torch.randn(4, 3)
-    info_nce_loss(s, v).backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
+def test_nt_xent_gradient_is_the_formulas_on_both_views():
+    """SimCLR trains both views through NT-Xent: neither side may be detached, and both gradients are the
+    formula's (a stop-gradient on either half, or on the denominator, leaves the value alone but not these)."""
+    torch.manual_seed(7)
+    z1 = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    nt_xent_loss(z1, z2, 0.2).backward()
+    want1, want2 = formula_gradients(lambda a, b: reference_pairwise_nce(torch.cat([a, b]), 5, 0.2), z1, z2)
+    assert z1.grad is not None and z2.grad is not None
+    assert torch.allclose(z1.grad, want1, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(z2.grad, want2, rtol=1e-4, atol=1e-6)
+
+
+def test_info_nce_gradient_on_the_stolen_side_is_the_formulas():
+    """The stolen side's gradient is the formula's whether or not the victim side needs one. The loss does
+    not detach the victim (it is NT-Xent over both); in an attack the victim's answers are constants from the
+    API, and test_cont_steal checks that a steal sends no gradient to the victim's parameters."""
+    torch.manual_seed(8)
+    s = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    info_nce_loss(s, v, 0.1).backward()
+    want_s, _ = formula_gradients(lambda a, b: reference_pairwise_nce(torch.cat([a, b]), 4, 0.1), s, v)
+    assert s.grad is not None and torch.allclose(s.grad, want_s, rtol=1e-4, atol=1e-6)
+    s_only = s.detach().clone().requires_grad_(True)
+    info_nce_loss(s_only, v.detach(), 0.1).backward()  # the attack's case: answers that need no gradient
+    assert torch.allclose(s_only.grad, want_s, rtol=1e-4, atol=1e-6)
 
 
 def test_mse_matches_formula():

@@ -4,15 +4,16 @@ import math
 
 import pytest
 import torch
-from test_attack import QUICK, OnlyTheAPI, pool, smooth_images
+from test_attack import QUICK, OnlyTheAPI, calibrated_victim, centred_cosine, pool, smooth_images
 
 from sslaudit.api import QueryBudgetExceeded, SimulatedAPI
 from sslaudit.attacks.stolen_encoder import PAPER_AUGMENT, StolenEncoder, stolen_encoder_loss
-from sslaudit.augment import augment
-from sslaudit.evaluate import fidelity
+from sslaudit.augment import AugmentConfig, augment
 from sslaudit.features import embed
-from sslaudit.models import InputSpec, build_encoder
+from sslaudit.models import build_encoder
 from sslaudit.registry import get_attack
+
+IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
 
 
 def unit(row):
@@ -72,17 +73,21 @@ def test_each_image_is_queried_once_and_the_budget_holds(encoder):
 
 
 def test_short_steal_through_the_interface_improves_fidelity():
-    torch.manual_seed(123)
-    victim = build_encoder("convnet-small", InputSpec()).eval()
+    """As test_attack's: a BatchNorm-calibrated victim and the *centred* cosine. With the loss zeroed, the
+    stolen encoder's BatchNorm statistics alone reach a raw cosine of 0.95 but a centred one of 0.06.
+    Both terms train (λ = 20, one view), with the identity as the view's augmentation: a random victim is not
+    invariant to flips or jitter, so on it the paper's augmentation works against fidelity (0.19 with it)."""
+    victim = calibrated_victim()
     api = OnlyTheAPI(SimulatedAPI(victim, device=torch.device("cpu")))
-    result = StolenEncoder(stolen_arch="convnet-small", train=QUICK).run(api, pool(256), budget=256)
+    attack = StolenEncoder(stolen_arch="convnet-small", views=1, augment=IDENTITY, train=QUICK)
+    result = attack.run(api, pool(256), budget=256)
     assert result.queries == 256 and api.ledger("attacker").images == 256
     test_images = smooth_images(128, seed=5)
     target = embed(victim, test_images)
     torch.manual_seed(0)
-    before = fidelity(embed(build_encoder("convnet-small", api.spec), test_images), target)
-    after = fidelity(embed(result.encoder, test_images), target)
-    assert after["cosine"] > before["cosine"] + 0.1, (before, after)
+    before = centred_cosine(embed(build_encoder("convnet-small", api.spec), test_images), target)
+    after = centred_cosine(embed(result.encoder, test_images), target)
+    assert after > before + 0.25, (before, after)  # 0.09 -> 0.49; 0.06 with the loss zeroed
 
 
 def test_registered_and_validated():
