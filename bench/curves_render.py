@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,9 @@ def _interval(group: list[dict], pick: Callable[[dict], float | None]) -> Interv
 
 
 def gain(group: list[dict], metric: str) -> Interval:
-    return _interval(group, lambda rep: rep["stolen"]["gain_recovered"][metric])  # type: ignore[return-value]
+    """Gain recovered over the seeds; nan where it is undefined (victim == floor) in every seed."""
+    got = _interval(group, lambda rep: rep["stolen"]["gain_recovered"][metric])
+    return got if got is not None else Interval(math.nan, math.nan, 0)
 
 
 def _cell(group: list[dict] | None) -> str:
@@ -74,6 +77,7 @@ def render(rows: list[dict], markdown: Path, figure: Path, write_markdown: Calla
             parts.append(f"Best recipe per budget ({pool}, {schedule}); a recipe is named alone only where its "
                          "interval separates from every other's:\n\n"
                          + format_table(["queries", "best at 1 % labels", "best at full labels"], order, markdown=True))
+    summary = list(parts)
     parts.append("Every cell, mean ± 95 % interval over seeds:\n\n" + format_table(*_detail(groups), markdown=True))
     v, fl = rows[0]["report"]["victim"], rows[0]["report"]["floor"]
     spread = mean_interval([r["report"]["stolen"].get("linear_1pct_spread", 0.0) for r in rows])
@@ -88,7 +92,10 @@ def render(rows: list[dict], markdown: Path, figure: Path, write_markdown: Calla
              "and test on FMNIST test[5000:], never queried. * = zero-query baseline (SSL-Small trains on the pool "
              "itself). Cosine is left out where the stolen backbone is not trained in the victim's coordinates "
              "(SimReg's head, SSL-Small): CKA only there.")
-    write_markdown(markdown, "Queries → quality curves against the tiny SimCLR victim", "\n\n".join(parts), notes)
+    title = "Queries → quality curves against the tiny SimCLR victim"
+    write_markdown(markdown, title, "\n\n".join(parts), notes)
+    write_markdown(markdown.with_name(markdown.stem + "_summary.md"), title, "\n\n".join(summary),
+                   notes + f" Every metric of every cell: `bench/results/{markdown.name}`.")
     plot(groups, specs, figure)
 
 

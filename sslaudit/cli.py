@@ -117,11 +117,15 @@ def victims_list() -> None:
 @click.option("--eval-test", type=AtLeast(MIN_EVAL_TEST), default=None,
               help=f"probe on the first N >= {MIN_EVAL_TEST} held-out test images (quick runs)")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write results here")
+@click.option("--honest/--no-honest", default=None,
+              help="also score an honest account that solves the task through the (defended) API "
+                   "[default: on when a --defense is given]")
 @click.option("--progress/--no-progress", default=True)
 def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: bool, input_size: int | None,
           channels: int | None, mean: str | None, std: str | None, attack_spec: str, queries: str, pool: str,
           defense_specs: tuple[str, ...], stolen_arch: str | None, epochs: int | None, price: float, seed: int,
-          eval_train: int | None, eval_test: int | None, json_path: Path | None, progress: bool) -> None:
+          eval_train: int | None, eval_test: int | None, json_path: Path | None, honest: bool | None,
+          progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.audit import steal_curve
@@ -144,7 +148,7 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
     images = friendly(lambda: attack_pool(pool, size=victim.encoder.spec.size))
     click.echo(f"stealing {victim.name} with {attack_spec}, {queries} queries from {images.name}", err=True)
     reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price, seed=seed,
-                          progress=progress)
+                          progress=progress, honest=bool(defense_specs) if honest is None else honest)
     click.echo(results_table(reports))
     if json_path:
         write_json(json_path, reports[0] if len(reports) == 1 else reports)
