@@ -84,15 +84,20 @@ def fit_affine_map(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None,
     p = torch.eye(x.shape[1], y.shape[1], dtype=x.dtype) if prior == "identity" else x.new_zeros(x.shape[1], y.shape[1])
     r = yc - xc @ p  # what the map must add to the prior
     u, s, vt = torch.linalg.svd(xc, full_matrices=False)
+    keep = s > s.max() * 1e-10  # the span of xc (with fewer anchors than d + 1, U also holds the ones direction)
+    u, s, vt = u[:, keep], s[keep], vt[keep]
     unit = max(float(s.pow(2).sum()) / x.shape[1], 1e-12)
     spread = float(yc.norm()) or 1.0
     uty = u.T @ r
+    # 1 − h and the residual are formed from λ/(s² + λ) directly, not as 1 − (something near 1): with fewer
+    # anchors than dimensions + 1 the hat matrix is nearly the identity and the subtraction cancels.
+    outside = (r - u @ uty, (1 - 1 / len(x) - u.pow(2).sum(1)).clamp_min(0))  # beyond the span of xc
     best: tuple[float, float] | None = None
     for rel in RIDGE_GRID if ridge is None else (ridge,):
-        shrink = s.pow(2) / (s.pow(2) + rel * unit)
-        resid = r - u @ (shrink[:, None] * uty)
-        leverage = (u.pow(2) * shrink).sum(1) + 1 / len(x)  # + the mean's share
-        loo = float((resid / (1 - leverage).clamp_min(1e-6)[:, None]).norm()) / spread
+        damp = rel * unit / (s.pow(2) + rel * unit)  # 1 − shrink
+        resid = outside[0] + u @ (damp[:, None] * uty)
+        one_minus_h = outside[1] + (u.pow(2) * damp).sum(1)  # h = Σ u² shrink + 1/n (the mean's share)
+        loo = float((resid / one_minus_h.clamp_min(1e-300)[:, None]).norm()) / spread
         if best is None or loo < best[1]:
             best = (rel, loo)
     rel, loo = best

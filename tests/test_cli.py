@@ -1,6 +1,5 @@
 """End to end through the CLI on small subsets (click's CliRunner)."""
 import json
-import math
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ def victim_file(tmp_path_factory):
     return Victim(encoder, card).save(tmp_path_factory.mktemp("victim") / "random")
 
 
-EVAL_TRAIN, EVAL_TEST = 5000, 500  # the CLI's smallest --eval-train: 5 few labels per class, one per CV fold
+EVAL_TRAIN, EVAL_TEST = 1000, 500  # the CLI's smallest --eval-train: one few label per class
 QUICK = ["--queries", "300", "--epochs", "2", "--eval-train", str(EVAL_TRAIN), "--eval-test", str(EVAL_TEST),
          "--no-progress", "--stolen-arch", "convnet-small"]
 
@@ -51,7 +50,7 @@ def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path, monke
         assert report["victim"][metric] == pytest.approx(victim[metric], abs=1e-9)
         assert report["floor"][metric] == pytest.approx(floor[metric], abs=1e-9)
         if victim[metric] == floor[metric]:  # nothing learned beyond random features: no gain to recover
-            assert math.isnan(stolen["gain_recovered"][metric])
+            assert stolen["gain_recovered"][metric] is None  # undefined (JSON has no NaN)
         else:
             gain = (stolen[metric] - floor[metric]) / (victim[metric] - floor[metric])
             assert stolen["gain_recovered"][metric] == pytest.approx(gain)

@@ -128,7 +128,7 @@ def test_bf16_features_give_the_float32_loss_of_the_same_values_under_autocast(n
 
 
 def plain_nt_xent(z1, z2, temperature):
-    """NT-Xent written plainly, with no precision care: ẑ = normalize([z1; z2]), logits ẑẑᵀ/τ, partner a ± N."""
+    """NT-Xent written plainly, no precision care: ẑ = normalize([z1; z2]), logits ẑẑᵀ/τ, partner a ± N."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = (z @ z.T / temperature).float()
     logits.fill_diagonal_(float("-inf"))
@@ -150,14 +150,13 @@ def test_control_plain_bf16_logits_miss_the_float32_value_by_far_more_than_the_t
 # ``float32_logits`` decorator) each misses its float32 value under autocast, so the tests above catch a
 # loss that loses its guard. (StolenEncoder's and Barlow Twins' work is elementwise or guarded inline,
 # SoftNN's in float64, SplitMask's through cross_info_nce.)
-GUARDED = ["nt_xent", "cross_info_nce", "moco (ssl-small)", "rda", "cont_steal"]
-UNGUARDED = {"nt_xent": nt_xent_loss, "cross_info_nce": cross_info_nce_loss, "moco (ssl-small)": moco_loss,
-             "rda": rda_loss, "cont_steal": cont_steal_loss}
+MATMUL_LOSSES = {"nt_xent": nt_xent_loss, "cross_info_nce": cross_info_nce_loss, "moco (ssl-small)": moco_loss,
+                 "rda": rda_loss, "cont_steal": cont_steal_loss}
 
 
-@pytest.mark.parametrize("name", GUARDED)
+@pytest.mark.parametrize("name", MATMUL_LOSSES)
 def test_control_each_matmul_loss_without_its_guard_misses_by_far_more_than_the_tolerance(name, monkeypatch):
-    function = UNGUARDED[name]
+    function = MATMUL_LOSSES[name]
     bare = inspect.unwrap(function)
     if bare is function:
         pytest.skip(f"{function.__name__} guards its precision without the float32_logits decorator")

@@ -158,10 +158,6 @@ def test_closed_form_leave_one_out_is_the_brute_force_refit(prior):
     assert info["loo_error"] == pytest.approx(brute[best], rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="source bug (attacks/sybil.py fit_affine_map): with fewer anchors than "
-                   "dimensions + 1 the leverage clamp (1 - h).clamp_min(1e-6) shrinks the smallest ridge's "
-                   "leave-one-out error (0.36 instead of 0.43 here), so ridge 1e-6 is chosen over the 1.0 that "
-                   "the brute-force refit picks")
 def test_closed_form_leave_one_out_with_fewer_anchors_than_dimensions():
     x, y = anchors(6)  # 6 anchors for an 8-d map: the small-budget regime the sybil docstring describes
     brute = [brute_force_loo(x, y, rel, "identity") for rel in RIDGE_GRID]
