@@ -23,7 +23,7 @@ from curves_render import render
 
 from sslaudit import registry
 from sslaudit.audit import steal_curve
-from sslaudit.cli import parse_component
+from sslaudit.registry import split_component
 from sslaudit.tasks import attack_pool, downstream_task, validation_task
 from sslaudit.zoo import resolve_victim
 
@@ -41,7 +41,7 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
     schedule = "steps" if equal_steps else "epochs"
     done = {(r["spec"], r["pool"], r["budget"], r["seed"], r.get("schedule", "epochs")) for r in load_rows(JSONL)}
     for spec in attacks:
-        name, options = parse_component(spec)
+        name = split_component(spec)[0]
         wanted = [0] if name in ZERO_QUERY else budgets
         for pool_name in pools:
             pool = attack_pool(pool_name, size=victim.encoder.spec.size)
@@ -50,7 +50,7 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
                 if not todo:
                     continue
                 began = time.perf_counter()
-                attack = registry.get_attack(name)(**options)
+                attack = registry.build("attack", spec)
                 if equal_steps:  # one purchase per budget: the same nested prefix, a longer schedule
                     reports = [steal_curve(victim, attack.with_epochs(round(attack.train.epochs * STEPS_OF / b)),
                                            pool, [b], task, seed=seed)[0] for b in todo]

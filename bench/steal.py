@@ -15,7 +15,6 @@ from common import RESULTS, append_row, load_rows, write_markdown
 
 from sslaudit import registry
 from sslaudit.audit import steal
-from sslaudit.registry import parse_component
 from sslaudit.report.markdown import results_markdown
 from sslaudit.result import StealResult
 from sslaudit.tasks import attack_pool, downstream_task
@@ -31,14 +30,13 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
     task = downstream_task()
     done = {(r["spec"], r["pool"], r["budget"], r["seed"], r["victim"]) for r in load_rows(JSONL)}
     for spec in attacks:
-        name, options = parse_component(spec)
         for pool_name in pools:
             pool = attack_pool(pool_name, size=victim.encoder.spec.size)
             for budget in budgets:
                 for seed in seeds:
                     if (spec, pool_name, budget, seed, victim.name) in done:
                         continue
-                    attack = registry.get_attack(name)(**options)
+                    attack = registry.build("attack", spec)
                     began = time.perf_counter()
                     result = steal(victim, attack, pool, budget, task, seed=seed)
                     print(f"{spec} {pool_name} {budget} seed {seed}: gain {result.stolen.gain_recovered} in "

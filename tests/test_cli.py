@@ -57,6 +57,10 @@ def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path, monke
         assert stolen["transfer_ratio"][metric] == pytest.approx(stolen[metric] / victim[metric])
     assert stolen["fidelity"]["cosine"] is not None and 0 <= stolen["fidelity"]["cka"] <= 1
     assert report["defenses"][0]["name"] == "GaussianNoise" and report["defenses"][0]["sigma"] == 0.05
+    # A defence turns the honest user's path on: an account that pays for every task image it sends.
+    honest = report["honest"]
+    assert honest["queries"] == EVAL_TRAIN + EVAL_TEST and honest["cost"] == pytest.approx((EVAL_TRAIN + EVAL_TEST) / 1000)
+    assert "honest user" in result.output and report["queries"]["account_total"] == 300  # not the attacker's
     run = report["run"]
     assert run["seed"] == 0 and "torch" in run["versions"] and run["wall_seconds"] > 0 and "commit" in run
 
