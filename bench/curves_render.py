@@ -82,8 +82,12 @@ def render(rows: list[dict], markdown: Path, figure: Path, write_markdown: Calla
     v, fl = rows[0]["report"]["victim"], rows[0]["report"]["floor"]
     spread = mean_interval([r["report"]["stolen"].get("linear_1pct_spread", 0.0) for r in rows])
     seeds = sorted({r["seed"] for r in rows})
+    floors = {r["seed"]: r["report"]["floor"] for r in rows}
+    floor_text = ", ".join(f"{label} {mean_interval([100 * f[m] for f in floors.values()]).format(1)}"
+                           for m, label in (("linear_1pct", "lin 1%"), ("linear_full", "lin full"), ("knn", "kNN")))
     notes = (f"Victim {v['name']}: lin 1% {100 * v['linear_1pct']:.1f}, lin full {100 * v['linear_full']:.1f}, "
-             f"kNN {100 * v['knn']:.1f}. Random-init floor ({fl['arch']}, built with each run's seed). Seeds {seeds}: "
+             f"kNN {100 * v['knn']:.1f}. Random-init floor ({fl['arch']}, built with each run's seed): {floor_text} "
+             f"over the seeds. Seeds {seeds}: "
              "each seed sets the attack's initialisation, augmentation and pool order; the victim is fixed. "
              "Gain recovered = (stolen − floor) / (victim − floor); intervals are Student-t 95 % over seeds. "
              "The 1 % probe chooses its L2 by 5-fold cross-validation over the 600 labels and scores the mean over "
