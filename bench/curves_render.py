@@ -49,6 +49,13 @@ def _ordering(cands: dict[str, list[dict]], metric: str) -> str:
     return label if not tied else f"{label}; not separated from {', '.join(tied)}"
 
 
+def _separated_pairs(cands: dict[str, list[dict]], metric: str) -> str:
+    """Every ordered pair 'a > b' whose intervals separate (n ≥ 2 each), or '—'."""
+    ivs = {s: gain(g, metric) for s, g in cands.items()}
+    pairs = [f"{a} > {b}" for a in ivs for b in ivs if a != b and separated(ivs[a], ivs[b])]
+    return ", ".join(pairs) or "—"
+
+
 def render(rows: list[dict], markdown: Path, figure: Path, write_markdown: Callable[..., None]) -> None:
     if not rows:
         return
@@ -69,14 +76,17 @@ def render(rows: list[dict], markdown: Path, figure: Path, write_markdown: Calla
             parts.append(f"Gain recovered, mean ± 95 % interval over seeds (1 % labels / full labels), pool {pool}, "
                          f"{title}:\n\n" + format_table(["attack"] + [f"{b:,} queries" for b in budgets], table,
                                                         markdown=True))
-            order = []
+            order, pairs = [], []
             for b in budgets:
                 cands = {s: g for s in specs if (g := groups.get((s, pool, schedule, b)))}
                 if cands:
                     order.append([f"{b:,}"] + [_ordering(cands, m) for m, _ in METRICS])
+                    pairs.append([f"{b:,}"] + [_separated_pairs(cands, m) for m, _ in METRICS])
             parts.append(f"Best recipe per budget ({pool}, {schedule}); a recipe is named alone only where its "
                          "interval separates from every other's:\n\n"
                          + format_table(["queries", "best at 1 % labels", "best at full labels"], order, markdown=True))
+            parts.append(f"Every ordering the intervals support ({pool}, {schedule}):\n\n"
+                         + format_table(["queries", "1 % labels", "full labels"], pairs, markdown=True))
     summary = list(parts)
     parts.append("Every cell, mean ± 95 % interval over seeds:\n\n" + format_table(*_detail(groups), markdown=True))
     v, fl = rows[0]["report"]["victim"], rows[0]["report"]["floor"]
