@@ -52,7 +52,7 @@ def run(attacks: list[str], pools: list[str], budgets: list[int], seeds: list[in
                 began = time.perf_counter()
                 attack = registry.build("attack", spec)
                 if equal_steps:  # one purchase per budget: the same nested prefix, a longer schedule
-                    reports = [steal_curve(victim, attack.with_epochs(round(attack.train.epochs * STEPS_OF / b)),
+                    reports = [steal_curve(victim, attack.with_epochs(attack.equal_step_epochs(b, STEPS_OF, seed)),
                                            pool, [b], task, seed=seed)[0] for b in todo]
                 else:
                     reports = steal_curve(victim, attack, pool, [max(b, 1) for b in todo], task, seed=seed)

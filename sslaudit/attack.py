@@ -30,6 +30,7 @@ in its hooks, called in this order:
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Protocol, Sequence, runtime_checkable
@@ -41,7 +42,7 @@ from sslaudit.api import RepresentationAPI
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
 from sslaudit.models import Encoder, InputSpec, build_encoder
-from sslaudit.train import History, TrainConfig, fit as train_loop
+from sslaudit.train import History, TrainConfig, fit as train_loop, steps_per_epoch
 
 # Mild augmentation for padding a small pool: the copies stay recognisable.
 POOL_COPY_AUGMENT = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3)
@@ -234,6 +235,13 @@ class StealingAttack:
         """The queries each account of this attack may spend on ``budgets``: the API is given exactly these."""
         return {account: max(budgets)}
 
+    def equal_step_epochs(self, rows: int, reference_rows: int, seed: int = 0) -> int:
+        """Epochs over ``rows`` samples that take as many optimisation steps as the recipe's epochs over
+        ``reference_rows`` (batches counted as :func:`fit` counts them, ``drop_last`` included)."""
+        ref, cfg = self.schedule(reference_rows, seed), self.schedule(rows, seed)
+        steps = ref.epochs * steps_per_epoch(ref, reference_rows)
+        return max(1, math.ceil(steps / steps_per_epoch(cfg, rows)))
+
     def run_curve(self, api: RepresentationAPI, pool: ImageData, budgets: Sequence[int], *, seed: int = 0,
                   account: str = "attacker", progress: bool = False, equal_steps: bool = False) -> list[AttackResult]:
         """Buy ``max(budgets)`` once; one stolen encoder per budget, trained on that prefix.
@@ -246,7 +254,8 @@ class StealingAttack:
         for budget in budgets:
             part = purchase.prefix(budget)
             began = time.perf_counter()
-            attack = self.with_epochs(round(self.train.epochs * max(budgets) / budget)) if equal_steps else self
+            attack = (self.with_epochs(self.equal_step_epochs(len(part.images), len(purchase.images), seed))
+                      if equal_steps else self)
             result = attack.fit(api, part, seed=seed, progress=progress)
             result.queries, result.cost, result.account = part.queries, part.cost, account
             result.extra["train_seconds"] = time.perf_counter() - began

@@ -59,6 +59,11 @@ class History:
         return asdict(self)
 
 
+def steps_per_epoch(cfg: TrainConfig, n: int) -> int:
+    """Optimisation steps one epoch over ``n`` samples takes (a partial last batch is dropped with ``drop_last``)."""
+    return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+
+
 def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; no weight decay on biases and norm parameters (1-d tensors)."""
     decay = [p for p in params if p.ndim > 1]
@@ -101,7 +106,7 @@ def fit(
     model.to(device)
     tensors = tuple(t.to(device) for t in tensors)
     n = len(tensors[0])
-    batches = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+    batches = steps_per_epoch(cfg, n)
     if batches == 0:
         raise ValueError(f"{n} samples give no full batch of {cfg.batch_size}; lower batch_size")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -158,3 +158,18 @@ def test_every_registered_attack_meets_the_protocol():
         assert isinstance(attack, Attack) and isinstance(attack, StealingAttack), name
     assert registry.build("attack", "infonce").loss == "infonce"
     assert registry.build("attack", "wasserstein:standardize=true").standardize
+
+
+def test_equal_steps_count_the_batches_fit_takes():
+    from sslaudit.train import steps_per_epoch
+
+    infonce, mse = DirectExtraction(loss="infonce"), DirectExtraction(loss="mse")  # batch 256 (drop_last) / 32
+    for attack in (infonce, mse):
+        ref = attack.schedule(5000, 0)
+        for rows in (500, 1000, 2000):
+            epochs = attack.equal_step_epochs(rows, 5000)
+            cfg = attack.schedule(rows, 0)
+            assert epochs * steps_per_epoch(cfg, rows) >= ref.epochs * steps_per_epoch(ref, 5000)
+            assert (epochs - 1) * steps_per_epoch(cfg, rows) < ref.epochs * steps_per_epoch(ref, 5000)
+    # InfoNCE drops the partial batch: 500 rows make one batch of 256 per epoch, 5,000 make 19 (1,900 steps)
+    assert infonce.equal_step_epochs(500, 5000) == 1900
