@@ -18,11 +18,3 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
-
-
-def results_table(reports: object, markdown: bool = False) -> str:
-    """Moved: :func:`sslaudit.report.terminal.results_table` (and :mod:`sslaudit.report.markdown`)."""
-    from sslaudit.report.markdown import results_markdown
-    from sslaudit.report.terminal import results_table as terminal_table
-
-    return results_markdown(reports) if markdown else terminal_table(reports)
