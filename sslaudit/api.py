@@ -34,6 +34,10 @@ class InvalidQuery(ValueError):
     """The images sent do not match what the API accepts; the message says what to send."""
 
 
+class QueryRefused(RuntimeError):
+    """A defence refused to answer this account (e.g. a detector flagged it); nothing was answered or charged."""
+
+
 class UnsafeAnswer(RuntimeError):
     """An answer held NaN or infinity; it was refused and nothing was charged. The message names the stage."""
 
@@ -41,7 +45,11 @@ class UnsafeAnswer(RuntimeError):
 @runtime_checkable
 class Defense(Protocol):
     """Sees what the API sees and returns the features to send back; one with per-deployment state or
-    randomness also has ``bind(secret) -> Defense``, which the API calls once and serves the result."""
+    randomness also has ``bind(secret) -> Defense``, which the API calls once and serves the result, and
+    one that needs the provider's clean features (a centre, a scale, a benign threshold) has
+    ``calibrate(features) -> None``, called once with the encoder's (raw, undefended) features of
+    ``calibration`` images. One that changes the served size has ``out_dim(dim) -> int``.
+    A defence refuses an account by raising :class:`QueryRefused`."""
 
     def __call__(self, account: str, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor: ...
 
@@ -122,12 +130,16 @@ class SimulatedAPI:
     have had to wait). ``secret`` keys the defences' randomness (default :meth:`DeploymentSecret.from_env`:
     random unless ``$SSLAUDIT_SECRET`` is set); every defence with a ``bind`` method is bound to it and
     the bound copy is served, so one defence instance given to two APIs shares no state between them.
-    An empty batch ``(0, C, H, W)`` is a no-op: a ``(0, dim)`` answer, nothing charged, no call counted.
+    ``calibration``: the provider's own images (float, in ``[0, 1]``; e.g. a sample of the victim's
+    training data); every defence with a ``calibrate`` method is given the encoder's clean features of them
+    once, here. An empty batch ``(0, C, H, W)`` is a no-op: a ``(0, dim)`` answer, nothing charged, no call
+    counted.
     """
 
     def __init__(self, encoder: Encoder, *, defenses: Sequence[Defense] = (), price_per_1k: float = 0.0,
                  budget: int | None = None, rate_limit: float | None = None, max_batch: int = 4096,
-                 device: torch.device | None = None, secret: DeploymentSecret | None = None) -> None:
+                 device: torch.device | None = None, secret: DeploymentSecret | None = None,
+                 calibration: torch.Tensor | None = None) -> None:
         self.price_per_1k = _number("price_per_1k", price_per_1k, 0, False, "price per 1,000 images")
         self.rate_limit = None if rate_limit is None else _number(
             "rate_limit", rate_limit, 0, True, "images per second, or None")
@@ -141,6 +153,16 @@ class SimulatedAPI:
         self.spec, self.dim = encoder.spec, encoder.dim
         self._secret = secret if secret is not None else DeploymentSecret.from_env()
         self.defenses = [d.bind(self._secret) if hasattr(d, "bind") else d for d in defenses]
+        for defense in self.defenses:  # a defence that changes the served size says so (pad, binarise, truncate)
+            self.dim = defense.out_dim(self.dim) if hasattr(defense, "out_dim") else self.dim
+        needs = [d for d in self.defenses if hasattr(d, "calibrate")]
+        if needs and calibration is None:
+            raise ValueError(f"{type(needs[0]).__name__} needs the provider's clean features: pass "
+                             "SimulatedAPI(calibration=images), e.g. 2,000 of the victim's training images")
+        if needs:
+            clean = self.clean_features(validate_images(calibration, self.spec))
+            for defense in needs:
+                defense.calibrate(clean)
         self._ledgers: dict[str, Ledger] = {}
         self._lock = threading.Lock()  # guards every ledger: check-and-charge is one step
 
@@ -176,6 +198,15 @@ class SimulatedAPI:
         led.rate_limit_wait_seconds = led.images / self.rate_limit if self.rate_limit else 0.0
         if led == Ledger(budget=self.default_budget):  # refunded to nothing: as if never seen
             del self._ledgers[account]
+
+    @torch.no_grad()
+    def clean_features(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The encoder's undefended features of ``images`` (provider side: nothing metered, never served)."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            with autocast(self._device):
+                out.append(self._encoder(images[i:i + batch_size].to(self._device)).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self._encoder.dim)
 
     def _answer(self, account: str, images: torch.Tensor) -> torch.Tensor:
         batch = images.to(self._device)

@@ -35,6 +35,19 @@ from sslaudit.tasks import DownstreamTask
 from sslaudit.victim import Victim
 
 ATTACKER = "attacker"
+CALIBRATION_IMAGES = 2000
+
+
+def provider_sample(task: DownstreamTask, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """The provider's own clean images that calibrate defences (B4B's centre and scale, detectors'
+    thresholds): a fixed, seeded sample of ``n`` images of ``task.train``, float in ``[0, 1]``.
+
+    Choice: the shipped victims are trained on the task's train split, so this stands for "a sample of
+    the victim's training data", which a provider has; the test split is never used.
+    """
+    gen = torch.Generator().manual_seed(20231008)  # fixed: the same provider sample in every run
+    index = torch.randperm(len(task.train), generator=gen)[:n]
+    return task.train.images[index].float().div_(255)
 
 
 def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
@@ -100,7 +113,9 @@ def steal_curve(
     budgets = sorted(set(budgets))
     began = time.perf_counter()
     v_scores = EncoderScores.from_dict(victim_scores(victim, task))
-    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret)
+    calibration = provider_sample(task) if any(hasattr(d, "calibrate") for d in defenses) else None
+    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret,
+                       calibration=calibration)
     shares = attack.account_budgets(budgets, ATTACKER)
     if honest and HONEST in shares:
         raise ValueError(f"the attack declares the account {HONEST!r}, which the honest user's path uses")
