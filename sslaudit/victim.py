@@ -93,10 +93,13 @@ def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], sourc
 
 @dataclass
 class Victim:
-    """An encoder with its card. ``encoder`` maps ``[0, 1]`` images to features."""
+    """An encoder with its card. ``encoder`` maps ``[0, 1]`` images to features. ``head``: the projection
+    head it was trained with, if kept (saved as ``path.head.safetensors``, its sizes in ``card["head"]``),
+    so the API can serve the projector's output (:class:`sslaudit.defenses.projector.ServeProjector`)."""
 
     encoder: Encoder
     card: dict
+    head: torch.nn.Module | None = None
 
     @property
     def name(self) -> str:
@@ -109,6 +112,9 @@ class Victim:
         weights = path.with_suffix(".safetensors")
         state = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
         save_file(state, str(weights), metadata={"method": self.card["method"], "arch": self.card["arch"]})
+        if self.head is not None:
+            head_state = {k: v.contiguous() for k, v in self.head.state_dict().items()}
+            save_file(head_state, str(path.with_suffix(".head.safetensors")))
         path.with_suffix(".json").write_text(json.dumps(self.card, indent=2, sort_keys=True))
         return weights
 
@@ -135,4 +141,25 @@ class Victim:
         except Exception as err:  # noqa: BLE001 - any reader failure means an unusable weights file
             raise BadCard(f"{weights} is not a readable safetensors file ({type(err).__name__})") from err
         load_matching(encoder, state, weights, f"the {card['arch']} of its card")
-        return cls(encoder.eval(), card)
+        return cls(encoder.eval(), card, _load_head(card, path.with_suffix(".head.safetensors")))
+
+
+def _load_head(card: dict, path: Path) -> torch.nn.Module | None:
+    """The projection head saved beside a victim, rebuilt from ``card["head"]["sizes"]``; None if absent."""
+    sizes = (card.get("head") or {}).get("sizes") if isinstance(card.get("head"), dict) else None
+    if not path.is_file():
+        return None
+    if not isinstance(sizes, list):
+        raise BadCard(f"{path} exists but the card has no 'head': {{'sizes': [in, hidden, out]}} to rebuild it")
+    from sslaudit.nets.heads import projection_mlp
+
+    try:
+        head = projection_mlp(sizes)
+    except (TypeError, ValueError) as err:
+        raise BadCard(f"card 'head' sizes {sizes!r}: {err}") from err
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise BadCard(f"{path} is not a readable safetensors file ({type(err).__name__})") from err
+    load_matching(head, state, path, f"the projection head {sizes}")
+    return head.eval()
