@@ -26,26 +26,17 @@ ValueError: noise sigma must be a finite number >= 0 (e.g. sigma=0.1); got 'abc'
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field, replace
-from numbers import Real
 
 import torch
 
+from sslaudit.defenses.common import number
 from sslaudit.registry import register_defense
 from sslaudit.secret import DeploymentSecret
 
 PURPOSE = "gaussian-noise"
 _DRAW = threading.Lock()  # the API runs defences outside its metering lock, possibly concurrently
-
-
-def _finite(name: str, value: object, example: str, minimum: float | None = None) -> float:
-    bound = "" if minimum is None else f" >= {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or (
-            minimum is not None and value < minimum):
-        raise ValueError(f"noise {name} must be a finite number{bound} (e.g. {example}); got {value!r}")
-    return float(value)
 
 
 @register_defense("noise")
@@ -61,8 +52,8 @@ class GaussianNoise:
     _streams: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.sigma = _finite("sigma", self.sigma, "sigma=0.1", minimum=0.0)
-        self.mu = _finite("mu", self.mu, "mu=0")
+        self.sigma = number("noise", "sigma", self.sigma, "sigma=0.1", minimum=0.0)
+        self.mu = number("noise", "mu", self.mu, "mu=0")
         if not isinstance(self.relative, bool):
             raise ValueError(f"noise relative must be true or false; got {self.relative!r}")
         if self.secret is not None and not isinstance(self.secret, DeploymentSecret):
