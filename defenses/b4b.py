@@ -143,6 +143,10 @@ class B4B:
         """The absolute noise σ a new image from ``account`` would get now (at its current coverage)."""
         return self.penalty(self.coverage(account)) * (self._scale if self._scale is not None else 1.0)
 
+    def telemetry(self, account: str) -> dict[str, float]:
+        """What the audit reports of ``account``: its coverage (%) and the σ a new image would get now."""
+        return {"coverage_pct": round(self.coverage(account), 3), "sigma": self.sigma(account)}
+
     def __call__(self, account: str, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if self._scale is None:
             raise RuntimeError("b4b needs the provider's clean features first: SimulatedAPI(calibration=images) "

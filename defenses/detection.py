@@ -140,6 +140,12 @@ class StatefulDetector:
             s.queries, s.flagged, s.first_alarm, None if s.min_score == math.inf else s.min_score,
             s.refused, tuple(s.scores)))
 
+    def telemetry(self, account: str) -> dict[str, object]:
+        """What the audit reports of ``account``: its record without the per-query trace."""
+        record = self.report(account)
+        return {"queries": record.queries, "flagged": record.flagged, "first_alarm": record.first_alarm,
+                "min_score": record.min_score, "refused": record.refused}
+
     def accounts(self) -> list[str]:
         """The accounts seen so far."""
         return self._accounts.accounts()

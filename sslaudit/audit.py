@@ -140,6 +140,7 @@ def steal_curve(
     ledgers = [led for name, led in api.ledgers().items() if not (honest and name == HONEST)]
     account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
     charged = sum(led.cost for led in ledgers)
+    state = defense_state(api)
     same_space = getattr(attack, "victim_coordinates", True)
     config, described = _describe(attack), [_describe(d) for d in defenses]
     reports = []
@@ -157,12 +158,23 @@ def steal_curve(
             gain_recovered=_ratios(gain_recovered, scores, v_scores, floor.scores),
             train_seconds=None if seconds is None else round(seconds, 1),
             final_loss=result.history.loss[-1] if result.history.loss else None,
-            extra=_plain({k: v for k, v in result.extra.items() if k != "train_seconds"}))
+            extra=_plain({**{k: v for k, v in result.extra.items() if k != "train_seconds"},
+                          **({"defense_state": state} if state else {})}))
         queries = QueryAccount(budget=budget, sent=result.queries, cost=result.cost, account_total=account_total,
                                calls=calls, charged=charged, price_per_1k=price_per_1k, pool=pool.name)
         reports.append(StealResult(victim_row, floor, stolen, queries, described, task.key,
                                    run_info(seed=seed, wall_seconds=time.perf_counter() - began), honest_row))
     return reports
+
+
+def defense_state(api: SimulatedAPI) -> dict[str, dict[str, object]]:
+    """Each served defence's ``telemetry(account)`` (B4B's coverage and σ, a detector's flag and queries to
+    the alarm) for every account the API charged, keyed ``"<index>:<DefenceName>"``; empty without any."""
+    out: dict[str, dict[str, object]] = {}
+    for i, defense in enumerate(api.defenses):
+        if hasattr(defense, "telemetry"):
+            out[f"{i}:{type(defense).__name__}"] = {name: _plain(defense.telemetry(name)) for name in api.ledgers()}
+    return out
 
 
 def _plain(value: object) -> object:

@@ -129,3 +129,20 @@ def test_steal_curve_serves_the_honest_account_beside_the_attacker():
     assert d["honest"]["queries"] == 90 and set(d["honest"]["utility"]) == {"linear_1pct", "linear_full", "knn"}
     assert d["defenses"][0]["secret"] is None  # the user's (unbound) defence, no key material
     assert "honest" not in steal_curve(victim, attack, pool, [10], task)[0].to_dict()
+
+
+def test_steal_reports_each_defences_per_account_state():
+    from sslaudit.defenses.b4b import B4B
+    from sslaudit.defenses.knn_detector import KNNDetector
+
+    victim, task = tiny_victim(), tiny_task()
+    pool = banded(20, 7, "pool")
+    attack = CopyAttack(_model=tiny_encoder(1))
+    result = steal_curve(victim, attack, pool, [30], task, honest=True, secret=DeploymentSecret.fixed("state"),
+                         defenses=[KNNDetector(k=5), B4B(transform="none")])[0]
+    state = result.stolen.extra["defense_state"]
+    assert set(state) == {"0:KNNDetector", "1:B4B"}
+    assert state["0:KNNDetector"]["attacker"]["queries"] == 30
+    assert state["0:KNNDetector"][HONEST]["queries"] == honest_budget(task)
+    assert 0 < state["1:B4B"]["attacker"]["coverage_pct"] <= 100
+    assert state["1:B4B"]["attacker"]["coverage_pct"] != state["1:B4B"][HONEST]["coverage_pct"]
