@@ -33,9 +33,10 @@ def _fmt(iv: Interval | None, digits: int = 2) -> str:
 
 
 def honest_cost(rows: list[dict], metric: str) -> Interval | None:
-    """Honest accuracy − victim direct accuracy (points), over the rows that measured the honest user."""
-    return _iv([100 * (r["report"]["honest"][metric] - r["report"]["victim"][metric])
-                for r in rows if r["report"].get("honest")])
+    """Honest accuracy − victim direct accuracy (points), one value per seed (the honest user does not
+    depend on the attack: a seed measured twice, in two result files, counts once)."""
+    per_seed = {r["seed"]: r for r in rows if r["report"].get("honest")}
+    return _iv([100 * (r["report"]["honest"][metric] - r["report"]["victim"][metric]) for r in per_seed.values()])
 
 
 def thief_gain(rows: list[dict], metric: str) -> Interval | None:
