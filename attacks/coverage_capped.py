@@ -47,10 +47,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from sslaudit.api import RepresentationAPI
-from sslaudit.attack import ordered_pool, price_per_query, query_all
-from sslaudit.attacks.sybil import SybilAttack, SybilPurchase, fit_affine_map
-from sslaudit.data import ImageData
+from sslaudit.attacks.sybil import SybilAttack
 from sslaudit.registry import register_attack
 
 
@@ -116,29 +113,8 @@ class CoverageSybil(SybilAttack):
     accounts: int = 8
     anchor_fraction: float = 0.02
 
-    def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
-            account: str = "attacker") -> SybilPurchase:
-        """Anchors on every account, one cluster each, every cluster mapped into account 1's space."""
-        a, sizes = self.chunk_sizes(budget)
-        images, pool_rest = ordered_pool(pool, a + sum(sizes), seed)
-        anchors, rest = images[:a], images[a:]
-        labels = balanced_clusters(pixel_features(rest), sizes, seed)
-        names = [f"{account}-{k + 1}" for k in range(self.accounts)]
-        reference, bought, answers, owner, errors = None, [anchors], [], [], {}
-        for k, name in enumerate(names):
-            chunk = rest[labels == k]
-            got = query_all(api, torch.cat([anchors, chunk]), name)
-            seen, mine = got[:a], got[a:]
-            if k == 0:
-                reference = seen
-                answers += [seen, mine]
-            else:
-                w, b, errors[name] = fit_affine_map(seen, reference, self.ridge, self.prior)
-                answers.append(mine @ w + b)
-            bought.append(chunk)
-            owner.append(torch.full((len(chunk) + (a if k == 0 else 0),), k, dtype=torch.long))
-        report = {"accounts": names, "anchors": a, "chunks": sizes, "mapping_error": errors,
-                  "cluster_spread": cluster_spread(pixel_features(rest), labels),
-                  "ledgers": {name: api.ledger(name).to_dict() for name in names}}
-        return SybilPurchase(torch.cat(bought), torch.cat(answers), names[0], price_per_query(api, names[0]),
-                             pool_rest=pool_rest, sent=budget, owner=torch.cat(owner), report=report)
+    def assign(self, rest: torch.Tensor, sizes: list[int], seed: int) -> tuple[list[torch.Tensor], dict]:
+        """Account k sends the k-th balanced k-means cluster (exactly ``sizes[k]`` images) of the pool."""
+        features = pixel_features(rest)
+        labels = balanced_clusters(features, sizes, seed)
+        return [rest[labels == k] for k in range(len(sizes))], {"cluster_spread": cluster_spread(features, labels)}

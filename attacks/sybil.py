@@ -157,17 +157,21 @@ class SybilAttack(StealingAttack):
             shares.update({f"{prefix}-{k + 1}": a + size for k, size in enumerate(sizes)})
         return shares
 
+    def assign(self, rest: torch.Tensor, sizes: list[int], seed: int) -> tuple[list[torch.Tensor], dict]:
+        """Which account sends which non-anchor image: ``sizes[k]`` images for account k, and what to
+        report about the choice. Here: consecutive chunks of the seeded pool order."""
+        bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        return [rest[bounds[k] : bounds[k + 1]] for k in range(len(sizes))], {}
+
     def buy(self, api: RepresentationAPI, pool: ImageData, budget: int, *, seed: int = 0,
             account: str = "attacker") -> SybilPurchase:
         """Anchors on every account, one disjoint chunk each, chunks mapped into account 1's space."""
         a, sizes = self.chunk_sizes(budget)
-        rest = sum(sizes)
-        images, pool_rest = ordered_pool(pool, a + rest, seed)
-        anchors, bounds = images[:a], [a + sum(sizes[:k]) for k in range(self.accounts + 1)]
+        images, pool_rest = ordered_pool(pool, a + sum(sizes), seed)
+        anchors, (chunks, chosen) = images[:a], self.assign(images[a:], sizes, seed)
         names = [f"{account}-{k + 1}" for k in range(self.accounts)]
         reference, answers, owner, errors = None, [], [], {}
-        for k, name in enumerate(names):
-            chunk = images[bounds[k] : bounds[k + 1]]
+        for k, (name, chunk) in enumerate(zip(names, chunks)):
             got = query_all(api, torch.cat([anchors, chunk]), name)
             seen, mine = got[:a], got[a:]
             if k == 0:
@@ -179,10 +183,11 @@ class SybilAttack(StealingAttack):
             answers.append(mine @ w + b)
             owner.append(torch.full((len(chunk),), k, dtype=torch.long))
             errors[name] = info
-        report = {"accounts": names, "anchors": a, "chunks": sizes, "mapping_error": errors,
+        report = {"accounts": names, "anchors": a, "chunks": sizes, "mapping_error": errors, **chosen,
                   "ledgers": {name: api.ledger(name).to_dict() for name in names}}
-        return SybilPurchase(images, torch.cat(answers), names[0], price_per_query(api, names[0]), pool_rest=pool_rest,
-                             sent=budget, owner=torch.cat(owner), report=report)
+        return SybilPurchase(torch.cat([anchors, *chunks]), torch.cat(answers), names[0],
+                             price_per_query(api, names[0]), pool_rest=pool_rest, sent=budget,
+                             owner=torch.cat(owner), report=report)
 
     def fit(self, api: RepresentationAPI, purchase: Purchase, *, seed: int = 0,
             progress: bool = False) -> AttackResult:
