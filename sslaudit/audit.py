@@ -100,6 +100,7 @@ def steal_curve(
     equal_steps: bool = False,
     honest: bool = False,
     secret: DeploymentSecret | None = None,
+    encoders: list | None = None,
 ) -> list[StealResult]:
     """One result per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
 
@@ -109,6 +110,8 @@ def steal_curve(
     ``honest``: the same API (same defences, same ``secret``) also serves the account ``"honest"``, with a
     budget of one query per task image, which solves ``task`` through it (:func:`honest_scores`).
     Fidelity cosine is None for attacks whose ``victim_coordinates`` is False (CKA only).
+    ``encoders``: a list that receives the stolen encoders, one per budget in budget order (a
+    :class:`StealResult` holds none), e.g. to save one for ``sslaudit verify``.
     """
     budgets = sorted(set(budgets))
     began = time.perf_counter()
@@ -125,6 +128,8 @@ def steal_curve(
     results = attack.run_curve(api, pool, budgets, seed=seed, account=ATTACKER, progress=progress,
                                equal_steps=equal_steps)
     attack_seconds = time.perf_counter() - attack_began
+    if encoders is not None:
+        encoders.extend(r.encoder for r in results)
     honest_row = None
     if honest:
         api.set_budget(HONEST, honest_budget(task))

@@ -4,6 +4,8 @@
     sslaudit victims train simclr --preset tiny
     sslaudit victims list
     sslaudit steal --victim simclr --attack infonce --queries 5000 --pool fashion-mnist --json out.json
+    sslaudit steal --victim simclr --attack mse --save-stolen runs/stolen-mse
+    sslaudit verify --victim simclr --suspect runs/stolen-mse
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from pathlib import Path
 import click
 
 from sslaudit import registry
-from sslaudit.cli_options import (MIN_EVAL_TEST, AtLeast, NonNegativeNumber, OneLineGroup, build_component,
-                                  check_arch, check_writable, eval_train_type, friendly, min_eval_train)
+from sslaudit.cli_options import (MIN_EVAL_TEST, AtLeast, NonNegativeNumber, OneLineGroup, Probability,
+                                  build_component, check_arch, check_writable, eval_train_type, friendly,
+                                  load_suspect, min_eval_train, save_stolen_encoder)
 from sslaudit.registry import parse_component  # noqa: F401 - re-exported: bench/ imports it from here
 
 POSITIVE = AtLeast(1)
@@ -117,6 +120,9 @@ def victims_list() -> None:
 @click.option("--eval-test", type=AtLeast(MIN_EVAL_TEST), default=None,
               help=f"probe on the first N >= {MIN_EVAL_TEST} held-out test images (quick runs)")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write results here")
+@click.option("--save-stolen", type=click.Path(path_type=Path), default=None,
+              help="save the stolen encoder of the largest budget here (PATH.safetensors + PATH.json), "
+                   "readable by `sslaudit verify --suspect PATH`")
 @click.option("--honest/--no-honest", default=None,
               help="also score an honest account that solves the task through the (defended) API "
                    "[default: on when a --defense is given]")
@@ -124,8 +130,8 @@ def victims_list() -> None:
 def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: bool, input_size: int | None,
           channels: int | None, mean: str | None, std: str | None, attack_spec: str, queries: str, pool: str,
           defense_specs: tuple[str, ...], stolen_arch: str | None, epochs: int | None, price: float, seed: int,
-          eval_train: int | None, eval_test: int | None, json_path: Path | None, honest: bool | None,
-          progress: bool) -> None:
+          eval_train: int | None, eval_test: int | None, json_path: Path | None, save_stolen: Path | None,
+          honest: bool | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.audit import steal_curve
@@ -142,16 +148,69 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
     defenses = [build_component("defense", spec, "--defense") for spec in defense_specs]
     if json_path:
         check_writable(json_path)
+    if save_stolen:
+        check_writable(save_stolen.with_suffix(".safetensors"), "--save-stolen")
     victim = friendly(lambda: resolve_victim(victim_spec, preset, progress=progress, weights=weights, native=native,
                                              random_weights=random_weights))
     task = friendly(lambda: downstream_task(eval_train, eval_test))
     images = friendly(lambda: attack_pool(pool, size=victim.encoder.spec.size))
     click.echo(f"stealing {victim.name} with {attack_spec}, {queries} queries from {images.name}", err=True)
+    encoders: list = []
     reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price, seed=seed,
-                          progress=progress, honest=bool(defense_specs) if honest is None else honest)
+                          progress=progress, honest=bool(defense_specs) if honest is None else honest,
+                          encoders=encoders)
     click.echo(results_table(reports))
     if json_path:
         write_json(json_path, reports[0] if len(reports) == 1 else reports)
+        click.echo(f"wrote {json_path}", err=True)
+    if save_stolen:
+        saved = save_stolen_encoder(encoders[-1], reports[-1], save_stolen, attack=attack_spec.split(":")[0],
+                                    victim=victim.name, seed=seed)
+        click.echo(f"saved the stolen encoder ({reports[-1].queries.sent} queries) to {saved}", err=True)
+
+
+@main.command()
+@click.option("--victim", "victim_spec", default="simclr", show_default=True,
+              help="the owner's victim: a recipe name (shipped/cached victim) or a saved .safetensors")
+@click.option("--preset", default="tiny", show_default=True)
+@click.option("--suspect", "suspect_path", type=click.Path(path_type=Path), required=True,
+              help="the suspect encoder: PATH.safetensors + PATH.json, e.g. from `steal --save-stolen`")
+@click.option("--watermark", "watermark_file", type=click.Path(path_type=Path), default=None,
+              help="the victim's watermark head [default: VICTIM.watermark.safetensors beside a saved victim]")
+@click.option("--components", type=POSITIVE, default=10, show_default=True, help="GMM components (dataset inference)")
+@click.option("--alpha", type=Probability(), default=0.01, show_default=True, help="significance level")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write verdicts here")
+@click.option("--progress/--no-progress", default=True)
+def verify(victim_spec: str, preset: str, suspect_path: Path, watermark_file: Path | None, components: int,
+           alpha: float, json_path: Path | None, progress: bool) -> None:
+    """Is SUSPECT the victim or derived from it? Dataset inference, and the watermark test if the victim has one."""
+    from sslaudit.cli_options import find_watermark, load_head_option, write_atomically
+    from sslaudit.ownership.dataset_inference import dataset_inference, default_splits
+    from sslaudit.ownership.watermark_verify import watermark_verdicts
+    from sslaudit.zoo import resolve_victim
+
+    if json_path:
+        check_writable(json_path)
+    suspect = load_suspect(suspect_path)
+    head = load_head_option(watermark_file)
+    victim = friendly(lambda: resolve_victim(victim_spec, preset, progress=progress))
+    if head is None:
+        head = find_watermark(victim_spec, victim)
+    private_fit, private_eval, public = friendly(default_splits)
+    click.echo(f"verifying {suspect_path} ({suspect.name}) against {victim.name}", err=True)
+    verdicts = [dataset_inference(suspect.encoder, private_fit, private_eval, public, components=components,
+                                  alpha=alpha)]
+    if head is not None and head.dims[0] != suspect.encoder.dim:
+        click.echo(f"watermark: skipped (the head reads {head.dims[0]}-d features, the suspect gives "
+                   f"{suspect.encoder.dim}-d)", err=True)
+    elif head is not None:
+        verdicts += watermark_verdicts(suspect.encoder, head, public, alpha=alpha)
+    for verdict in verdicts:
+        click.echo(verdict.line())
+    if json_path:
+        out = {"victim": victim.name, "suspect": str(suspect_path), "suspect_card": suspect.name,
+               "tests": [v.to_dict() for v in verdicts]}
+        write_atomically(json_path, json.dumps(out, indent=2))
         click.echo(f"wrote {json_path}", err=True)
 
 

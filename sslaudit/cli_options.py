@@ -56,6 +56,21 @@ class AtLeast(click.ParamType):
         return number
 
 
+class Probability(click.ParamType):
+    """A number strictly between 0 and 1 (a significance level)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 0 < number < 1:
+            self.fail(f"must be a number between 0 and 1, e.g. 0.01; got {value!r}", param, ctx)
+        return number
+
+
 class NonNegativeNumber(click.ParamType):
     """A finite float ``>= 0`` (no nan, no inf)."""
 
@@ -142,3 +157,77 @@ def friendly(thunk: Callable[[], T]) -> T:
 def _message(err: BaseException) -> str:
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
     return " ".join(str(text).split())
+
+
+def save_victim_atomically(victim: Any, path: Path) -> Path:
+    """``victim.save`` into a temporary folder beside ``path``, then each file renamed into place (the card
+    last, so a reader never finds a card whose weights are not there yet); returns the weights path."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        victim.save(tmp / path.name)
+        for suffix in (".safetensors", ".head.safetensors", ".json"):
+            if (tmp / path.name).with_suffix(suffix).is_file():
+                os.replace((tmp / path.name).with_suffix(suffix), path.with_suffix(suffix))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path.with_suffix(".safetensors")
+
+
+def save_stolen_encoder(encoder: Any, report: Any, path: Path, *, attack: str, victim: str, seed: int) -> Path:
+    """Save a stolen encoder as a victim card (``"method": "stolen:<attack>"``) that ``Victim.load`` reads."""
+    import hashlib
+    import json
+
+    from sslaudit.models import count_parameters
+    from sslaudit.victim import Victim
+
+    card = {"method": f"stolen:{attack}", "arch": encoder.arch, "parameters": count_parameters(encoder),
+            "dim": encoder.dim, "input": encoder.spec.to_dict(), "attack": report.stolen.config,
+            "queries": report.queries.sent, "budget": report.queries.budget, "pool": report.queries.pool,
+            "victim": victim, "defenses": report.defenses, "seed": seed}
+    card = json.loads(json.dumps(card))
+    card["config_key"] = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:12]
+    card["scores"] = {report.task: report.stolen.scores.to_dict()}
+    return save_victim_atomically(Victim(encoder.cpu().eval(), card), path)
+
+
+def load_suspect(path: Path, option: str = "--suspect") -> Any:
+    """``Victim.load(path)``; a missing or unreadable encoder, or one that does not take 1x28x28 images, is a
+    one-line usage error on ``option``."""
+    from sslaudit.victim import BadCard, Victim
+
+    try:
+        suspect = Victim.load(path)
+    except (FileNotFoundError, BadCard) as err:
+        raise click.BadParameter(_message(err), param_hint=f"'{option}'") from err
+    spec = suspect.encoder.spec
+    if (spec.channels, spec.size) != (1, 28):
+        raise click.BadParameter(f"{path} takes {spec.channels}x{spec.size}x{spec.size} images; the ownership tests "
+                                 "query 1x28x28 Fashion-MNIST: give an encoder with that input",
+                                 param_hint=f"'{option}'")
+    return suspect
+
+
+def load_head_option(path: Path | None, option: str = "--watermark") -> Any:
+    """The watermark head at ``path`` (None for None), a missing or bad file a one-line usage error."""
+    from sslaudit.ownership.watermark import load_watermark
+    from sslaudit.victim import BadCard
+
+    if path is None:
+        return None
+    try:
+        return load_watermark(path)
+    except (FileNotFoundError, BadCard) as err:
+        raise click.BadParameter(_message(err), param_hint=f"'{option}'") from err
+
+
+def find_watermark(victim_spec: str, victim: Any) -> Any:
+    """The head saved beside the victim (``VICTIM.watermark.safetensors``), or None; a bad one is an error."""
+    from sslaudit.ownership.watermark import load_watermark, watermark_path
+
+    saved = victim_spec if Path(victim_spec).with_suffix(".json").is_file() else victim.card.get("saved_to")
+    head_file = watermark_path(saved) if saved else None
+    return friendly(lambda: load_watermark(head_file)) if head_file and head_file.is_file() else None

@@ -51,6 +51,15 @@ class SimCLRConfig:
             raise ValueError("temperature must be positive")
 
 
+def simclr_loss(encoder: nn.Module, head: nn.Module, images: torch.Tensor, config: SimCLRConfig,
+                gen: torch.Generator) -> torch.Tensor:
+    """NT-Xent of two augmented views of ``images`` (float in [0, 1]) through ``head(encoder(.))``: one step's
+    loss (also the clean part of ``sslaudit.ownership.watermark.train_watermarked``)."""
+    v1, v2 = augment(images, config.augment, gen), augment(images, config.augment, gen)
+    z = head(encoder(torch.cat([v1, v2])))
+    return nt_xent_loss(*z.chunk(2), temperature=config.temperature)
+
+
 PRESETS: dict[str, SimCLRConfig] = {
     "tiny": SimCLRConfig(),
     "standard": SimCLRConfig(
@@ -80,10 +89,7 @@ class SimCLR:
         model = nn.ModuleDict({"encoder": encoder, "head": head})
 
         def step(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-            images = batch[0].float().div_(255)
-            v1, v2 = augment(images, config.augment, gen), augment(images, config.augment, gen)
-            z = head(encoder(torch.cat([v1, v2])))
-            return nt_xent_loss(*z.chunk(2), temperature=config.temperature)
+            return simclr_loss(encoder, head, batch[0].float().div_(255), config, gen)
 
         history = fit(model, step, (data.images,), config.train, desc="simclr", **fit_kwargs)
         card = make_card(method="simclr", config=config, data=data, encoder=encoder, history=history)
