@@ -143,10 +143,11 @@ def price_per_query(api: RepresentationAPI, account: str) -> float:
     return ledger.cost / ledger.images if ledger.images else 0.0
 
 
-def build_stolen(arch: str | None, spec: InputSpec, dim: int) -> tuple[Encoder, nn.Module]:
-    """The attacker's encoder (default: the tiny convnet) and a linear map to the API's ``dim`` if sizes differ."""
+def build_stolen(arch: str | None, spec: InputSpec, dim: int, linear_head: bool = False) -> tuple[Encoder, nn.Module]:
+    """The attacker's encoder (default: the tiny convnet) and a linear map to the API's ``dim`` if sizes
+    differ or ``linear_head`` asks for one."""
     encoder = build_encoder(arch or "convnet", spec)
-    head = nn.Identity() if encoder.dim == dim else nn.Linear(encoder.dim, dim)
+    head = nn.Identity() if encoder.dim == dim and not linear_head else nn.Linear(encoder.dim, dim)
     return encoder, head
 
 
@@ -172,6 +173,10 @@ class StealingAttack:
 
     stolen_arch: str | None = None  # None: the tiny convnet
     train: TrainConfig | None = None
+    # Ours (the papers have none): always train a linear map between the stolen encoder and the answers.
+    # The adaptive attacker's answer to per-account affine transforms (B4B): the map absorbs scale, sign
+    # and offset, which a ReLU-ended encoder cannot produce itself.
+    linear_head: bool = False
     # False where the stolen backbone is not trained in the victim's feature coordinates (a discarded
     # head in between, or no answers at all): fidelity is then reported as CKA only, never cosine.
     victim_coordinates: ClassVar[bool] = True
@@ -194,7 +199,7 @@ class StealingAttack:
 
     def build(self, spec: InputSpec, dim: int, purchase: Purchase) -> nn.ModuleDict:
         """The modules trained together, built after the seed; ``"encoder"`` is the one returned."""
-        encoder, head = build_stolen(self.stolen_arch, spec, dim)
+        encoder, head = build_stolen(self.stolen_arch, spec, dim, self.linear_head)
         return StolenModel({"encoder": encoder, "head": head})
 
     def schedule(self, n: int, seed: int) -> TrainConfig:
