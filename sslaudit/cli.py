@@ -134,6 +134,7 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
           honest: bool | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.tasks import attack_pool, downstream_task
+    from sslaudit.api import QueryRefused
     from sslaudit.audit import steal_curve
     from sslaudit.report.json import write_json
     from sslaudit.report.terminal import results_table
@@ -156,9 +157,12 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
     images = friendly(lambda: attack_pool(pool, size=victim.encoder.spec.size))
     click.echo(f"stealing {victim.name} with {attack_spec}, {queries} queries from {images.name}", err=True)
     encoders: list = []
-    reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price, seed=seed,
-                          progress=progress, honest=bool(defense_specs) if honest is None else honest,
-                          encoders=encoders)
+    try:
+        reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price,
+                              seed=seed, progress=progress, honest=bool(defense_specs) if honest is None else honest,
+                              encoders=encoders)
+    except QueryRefused as err:  # a detector with action=refuse stopped the thief: nothing was stolen
+        raise click.ClickException(f"the defended API refused the attacker, so nothing was stolen: {err}") from err
     click.echo(results_table(reports))
     if json_path:
         write_json(json_path, reports[0] if len(reports) == 1 else reports)

@@ -142,3 +142,12 @@ def test_every_recipe_runs_through_the_cli(needs_fmnist, victim_file, tmp_path, 
     expected = 0 if attack == "ssl-small" else 300
     assert report["queries"]["sent"] == expected == report["queries"]["account_total"]
     assert 0.0 <= report["stolen"]["linear_full"] <= 1.0
+
+
+def test_a_refusing_detector_stops_the_thief_with_one_line(needs_fmnist, victim_file):
+    # threshold 100: every scored query is "too close", so the account is flagged after k queries
+    result = CliRunner().invoke(main, ["steal", "--victim", str(victim_file), "--attack", "mse",
+                                       "--defense", "knn-detector:k=5,threshold=100,action=refuse", *QUICK])
+    assert result.exit_code == 1, result.output
+    assert "refused the attacker, so nothing was stolen" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
