@@ -2,8 +2,9 @@
 
 Two augmented views of each image go through the encoder and a projection
 head; NT-Xent pulls the two views together against the other 2N - 2 views of
-the batch. The projection head is discarded for serving: the API returns the
-backbone feature.
+the batch. The API serves the backbone feature; the projection head is kept
+with the victim (``Victim.head``) so serving the projector's output can be
+scored as a defence (``sslaudit.defenses.projector``).
 
 >>> victim = SimCLR.train(load_dataset("fashion-mnist"), PRESETS["tiny"])  # doctest: +SKIP
 """
@@ -93,4 +94,5 @@ class SimCLR:
 
         history = fit(model, step, (data.images,), config.train, desc="simclr", **fit_kwargs)
         card = make_card(method="simclr", config=config, data=data, encoder=encoder, history=history)
-        return Victim(encoder.cpu().eval(), card)
+        card["head"] = {"sizes": [encoder.dim, config.proj_hidden, config.proj_dim]}  # kept: ServeProjector
+        return Victim(encoder.cpu().eval(), card, head.cpu().eval())

@@ -162,7 +162,8 @@ def train_watermarked(data: ImageData, config: SimCLRConfig, secret: DeploymentS
     card = make_card(method="simclr+watermark", config=config, data=data, encoder=encoder, history=history)
     card["config_key"] = config_key(WatermarkedSimCLR(config, watermark))
     card["watermark"] = {**config_to_dict(watermark), "task": TASK, "head": list(head.dims)}
-    return Victim(encoder.cpu().eval(), card), head.cpu()
+    card["head"] = {"sizes": [encoder.dim, config.proj_hidden, config.proj_dim]}  # the projector, kept
+    return Victim(encoder.cpu().eval(), card, proj.cpu().eval()), head.cpu()
 
 
 def watermark_path(victim_path: str | Path) -> Path:
