@@ -71,7 +71,8 @@ from typing import Sequence
 import torch
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, query_all
+from sslaudit.attack import (AttackResult, Purchase, StealingAttack, WholePurchase, ordered_pool, price_per_query,
+                             query_all)
 from sslaudit.attacks.pad_drop import KeptDims, constant_dims
 from sslaudit.attacks.query_averaging import adopt_inner, nudged
 from sslaudit.attacks.recovery import complete, pair_denoiser, wiener  # noqa: F401 - re-exported
@@ -147,22 +148,12 @@ def detect(first: torch.Tensor, again: torch.Tensor, nudge: torch.Tensor, floor:
 
 
 @dataclass
-class BesaPurchase(Purchase):
+class BesaPurchase(WholePurchase):
     """``answers``: each image's first answer; ``second``: a second answer of the first ``len(second)``
     images (the probe's, then the pairs'); ``sent``: every query, the probe's included."""
 
     second: torch.Tensor | None = None
     detection: Detection | None = None
-    sent: int = 0
-
-    @property
-    def queries(self) -> int:
-        return self.sent
-
-    def prefix(self, queries: int) -> "BesaPurchase":
-        if queries != self.sent:
-            raise ValueError(f"a BESA purchase of {self.sent} queries has no {queries}-query prefix; buy afresh")
-        return self
 
 
 @register_attack("besa")

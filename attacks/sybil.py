@@ -41,7 +41,8 @@ from typing import Sequence
 import torch
 
 from sslaudit.api import RepresentationAPI
-from sslaudit.attack import AttackResult, Purchase, StealingAttack, ordered_pool, price_per_query, query_all
+from sslaudit.attack import (AttackResult, Purchase, StealingAttack, WholePurchase, ordered_pool, price_per_query,
+                             query_all)
 from sslaudit.attacks.direct_extraction import DirectExtraction
 from sslaudit.data import ImageData
 from sslaudit.registry import register_attack
@@ -50,25 +51,14 @@ RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # x
 
 
 @dataclass
-class SybilPurchase(Purchase):
+class SybilPurchase(WholePurchase):
     """A merged purchase: ``images``/``answers`` in account 1's space; ``sent`` queries over all accounts.
 
     ``owner[i]`` is the index of the account that bought row i (anchors count as account 0's).
     """
 
-    sent: int = 0
     owner: torch.Tensor | None = None
     report: dict = field(default_factory=dict)
-
-    @property
-    def queries(self) -> int:
-        return self.sent
-
-    def prefix(self, queries: int) -> "Purchase":
-        """Only the whole purchase: a sybil purchase is not nested across budgets."""
-        if queries != self.sent:
-            raise ValueError(f"a sybil purchase of {self.sent} queries has no {queries}-query prefix; buy afresh")
-        return self
 
 
 def fit_affine_map(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None,

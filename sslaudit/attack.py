@@ -112,6 +112,24 @@ class Purchase:
         return replace(self, images=self.images[:n], answers=self.answers[:n], pool_rest=torch.cat(rest))
 
 
+@dataclass
+class WholePurchase(Purchase):
+    """A purchase usable only whole (not nested across budgets: sybil accounts, probes): ``sent`` counts
+    every query it spent, whatever rows it trains on."""
+
+    sent: int = 0
+
+    @property
+    def queries(self) -> int:
+        return self.sent
+
+    def prefix(self, queries: int) -> "WholePurchase":
+        if queries != self.sent:
+            raise ValueError(f"a {type(self).__name__} of {self.sent} queries has no {queries}-query prefix; "
+                             "buy afresh")
+        return self
+
+
 def choose_queries(pool: ImageData, budget: int, seed: int = 0) -> torch.Tensor:
     """``budget`` float images from ``pool`` (nested prefixes of one seeded order)."""
     return ordered_pool(pool, budget, seed)[0]
