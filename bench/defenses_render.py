@@ -102,11 +102,12 @@ def plot(points: list[tuple[str, str, Interval, Interval]], figure: Path) -> Non
     fig, ax = plt.subplots(figsize=(8, 5.5))
     markers = "osD^v<>pP*Xh"
     defenses = list(dict.fromkeys(p[0] for p in points))
-    for i, defense in enumerate(defenses):
-        for _, attack, cost, gain in (p for p in points if p[0] == defense):
-            err = lambda iv: 0 if math.isnan(iv.half_width) else iv.half_width  # noqa: E731
-            ax.errorbar(cost.mean, gain.mean, xerr=err(cost), yerr=err(gain), fmt=markers[i % len(markers)],
-                        color=f"C{i % 10}", capsize=3, label=f"{defense} · {attack}")
+    attacks = list(dict.fromkeys(p[1] for p in points))
+    for defense, attack, cost, gain in points:  # colour: the defence; marker: the attack
+        err = lambda iv: 0 if math.isnan(iv.half_width) else iv.half_width  # noqa: E731
+        ax.errorbar(cost.mean, gain.mean, xerr=err(cost), yerr=err(gain),
+                    fmt=markers[attacks.index(attack) % len(markers)], color=f"C{defenses.index(defense) % 10}",
+                    capsize=3, label=f"{defense} · {attack}")
     ax.axvline(TARGET_HONEST_COST, color="grey", ls=":", lw=1)
     ax.axhline(TARGET_GAIN, color="grey", ls=":", lw=1)
     ax.set_xlabel("honest user's accuracy change, full-label probe (points)")
