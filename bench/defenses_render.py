@@ -68,7 +68,8 @@ def render(rows: list[dict], undefended: list[dict], markdown: Path, figure: Pat
         gains = [thief_gain(group, m) for m, _ in METRICS]
         met = (costs[1] is not None and gains[1] is not None and costs[1].mean >= TARGET_HONEST_COST
                and gains[1].mean < TARGET_GAIN)
-        table.append([defense, attack, *(_fmt(c, 1) for c in costs), _fmt(thief_cost(group, "linear_full"), 1),
+        shown = ["0 (reference)"] * 2 if defense == "none" else [_fmt(c, 1) for c in costs]
+        table.append([defense, attack, *shown, _fmt(thief_cost(group, "linear_full"), 1),
                       *(_fmt(g) for g in gains), "yes" if met else "no"])
         if costs[1] is not None and gains[1] is not None:
             points.append((defense, attack, costs[1], gains[1]))
