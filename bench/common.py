@@ -53,9 +53,10 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def write_markdown(path: Path, title: str, table: str, notes: str = "") -> None:
-    """Write ``table`` under a heading with the machine it ran on."""
-    text = f"## {title}\n\nMachine: {machine()}\n\n{table}\n"
+def write_markdown(path: Path, title: str, table: str, notes: str = "", machine_line: str | None = None) -> None:
+    """Write ``table`` under a heading with the machine it ran on (``machine_line`` where the rows say it
+    themselves, e.g. rows gathered on several machines; default: this one)."""
+    text = f"## {title}\n\nMachine: {machine_line or machine()}\n\n{table}\n"
     if notes:
         text += f"\n{notes}\n"
     path.write_text(text)

@@ -26,6 +26,21 @@ def _iv(values: list[float]) -> Interval | None:
     return mean_interval(vals) if vals else None
 
 
+def precision(row: dict) -> str:
+    """The training precision a row's run used (its run info; the first rows predate the field: bf16)."""
+    return row["report"].get("run", {}).get("precision", "bfloat16")
+
+
+def machines_line(rows: list[dict]) -> str:
+    """Where the rows ran: the run info's precision tells the two CPUs of this benchmark apart."""
+    kinds = sorted({precision(r) for r in rows})
+    if kinds == ["bfloat16"]:
+        return "AMD EPYC, 2 cores, torch 2.13.0+cpu, autocast bfloat16 (a CPU with avx512_bf16)"
+    return ("AMD EPYC, 2 cores, torch 2.13.0+cpu; rows without a mark: autocast bfloat16 (a CPU with "
+            "avx512_bf16); rows marked † ran in float32 on an AVX2-only AMD EPYC, 1 torch thread each, two "
+            "processes side by side")
+
+
 def _fmt(iv: Interval | None, digits: int = 2) -> str:
     if iv is None:
         return "—"
@@ -69,7 +84,8 @@ def render(rows: list[dict], undefended: list[dict], markdown: Path, figure: Pat
         met = (costs[1] is not None and gains[1] is not None and costs[1].mean >= TARGET_HONEST_COST
                and gains[1].mean < TARGET_GAIN)
         shown = ["0 (reference)"] * 2 if defense == "none" else [_fmt(c, 1) for c in costs]
-        table.append([defense, attack, *shown, _fmt(thief_cost(group, "linear_full"), 1),
+        mark = " †" if any(precision(r) == "float32" for r in group) else ""
+        table.append([defense, attack + mark, *shown, _fmt(thief_cost(group, "linear_full"), 1),
                       *(_fmt(g) for g in gains), "yes" if met else "no"])
         if costs[1] is not None and gains[1] is not None:
             points.append((defense, attack, costs[1], gains[1]))
@@ -88,7 +104,7 @@ def render(rows: list[dict], undefended: list[dict], markdown: Path, figure: Pat
              "labels while the thief's gain recovered < 0.5), judged on the means. Thief Δ = the stolen encoder's "
              "full-label accuracy minus the victim's, the honest Δ's scale.")
     write_markdown(markdown, "Defences: honest users' cost vs the thief's gain recovered (5,000 queries)",
-                   format_table(header, table, markdown=True), notes)
+                   format_table(header, table, markdown=True), notes, machines_line(rows + undefended))
     plot(points, figure)
 
 

@@ -22,8 +22,7 @@ import torch
 from sslaudit.api import Defense, SimulatedAPI
 from sslaudit.attack import Attack
 from sslaudit.data import ImageData
-from sslaudit.evaluate import METRICS, evaluate_features, fidelity, gain_recovered, transfer_ratio
-from sslaudit.features import embed
+from sslaudit.evaluate import METRICS, embed_for_eval, evaluate_features, fidelity, gain_recovered, transfer_ratio
 from sslaudit.honest import HONEST, honest_budget, honest_scores
 from sslaudit.models import build_encoder, count_parameters
 from sslaudit.result import (EncoderScores, Fidelity, FloorRow, QueryAccount, Ratios, StealResult, StolenRow,
@@ -139,7 +138,7 @@ def steal_curve(
         floor_scores(results[0].encoder.arch, results[0].encoder.spec, seed, task)))
     victim_row = VictimRow(victim.name, victim.card["method"], victim.card["arch"],
                            count_parameters(victim.encoder), v_scores)
-    victim_test = embed(victim.encoder, task.test.images)
+    victim_test = embed_for_eval(victim.encoder, task.test.images)
     # What the API charged, over every account the attack used (sybils use several): the figures a report
     # rests on. The honest account is not the attacker's.
     ledgers = [led for name, led in api.ledgers().items() if not (honest and name == HONEST)]
@@ -150,9 +149,9 @@ def steal_curve(
     config, described = _describe(attack), [_describe(d) for d in defenses]
     reports = []
     for budget, result in zip(budgets, results):
-        stolen_test = embed(result.encoder, task.test.images)  # once: for the probes and for fidelity
-        scores = EncoderScores.from_dict(evaluate_features(embed(result.encoder, task.train.images), stolen_test,
-                                                           task))
+        stolen_test = embed_for_eval(result.encoder, task.test.images)  # once: for the probes and for fidelity
+        stolen_train = embed_for_eval(result.encoder, task.train.images)
+        scores = EncoderScores.from_dict(evaluate_features(stolen_train, stolen_test, task))
         fid = fidelity(stolen_test, victim_test)
         seconds = result.extra.get("train_seconds", attack_seconds if len(budgets) == 1 else None)
         stolen = StolenRow(

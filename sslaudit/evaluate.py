@@ -51,8 +51,14 @@ def evaluate_features(train: torch.Tensor, test: torch.Tensor, task: DownstreamT
 
 
 def evaluate_encoder(encoder: nn.Module, task: DownstreamTask) -> dict[str, float]:
-    """Linear probes (1 % and all labels) and kNN of ``encoder``'s frozen features."""
-    return evaluate_features(embed(encoder, task.train.images), embed(encoder, task.test.images), task)
+    """Linear probes (1 % and all labels) and kNN of ``encoder``'s frozen features (embedded in float32)."""
+    return evaluate_features(embed_for_eval(encoder, task.train.images), embed_for_eval(encoder, task.test.images),
+                             task)
+
+
+def embed_for_eval(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Features for evaluation: float32, never autocast, so an encoder scores the same on every machine."""
+    return embed(encoder, images, mixed_precision=False)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -10,7 +10,12 @@ they are kept as small JSON files under ``cache_dir() / "scores"`` (``$SSLAUDIT_
   random init with some seed), so retrained or edited weights never reuse old scores;
 - ``task.key``, which names the split and the probe version (``tasks.PROBE_VERSION``);
 - the metric set (:data:`METRIC_SET`: the metrics and the few-label draws and folds);
-- the embedding precision (bf16 autocast on some processors gives slightly different features).
+- the embedding precision: evaluation always embeds in float32 (bf16 autocast would give slightly
+  different features on the processors that have it), so the same weights score the same everywhere.
+
+Scores shipped with the package (``sslaudit/weights/scores/``: the shipped victims and the random-init
+floors of the default stolen architecture for seeds 0-2, written by ``bench/ship_scores.py``) are read
+when the user's cache has none, so a fresh install evaluates only what it stole.
 
 Files are written atomically (a temporary file, then ``os.replace``); a file that cannot be read, or
 that holds another key or incomplete scores, is ignored with a warning and rewritten.
@@ -30,13 +35,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslaudit.device import autocast_dtype, pick_device
 from sslaudit.evaluate import FEW_LABEL_DRAWS, FEW_LABEL_FOLDS, evaluate_encoder
 from sslaudit.tasks import DownstreamTask
 from sslaudit.zoo import cache_dir
 
 SCORE_NAMES = ("linear_1pct", "linear_1pct_spread", "linear_full", "knn")  # what evaluate_encoder returns
 METRIC_SET = f"{'+'.join(SCORE_NAMES)}:draws{FEW_LABEL_DRAWS}:folds{FEW_LABEL_FOLDS}"
+EVAL_PRECISION = "float32"  # evaluation never autocasts (sslaudit.evaluate.evaluate_encoder)
+SHIPPED = Path(__file__).resolve().parent / "weights" / "scores"
 
 
 def encoder_digest(encoder: nn.Module) -> str:
@@ -55,14 +61,14 @@ def encoder_digest(encoder: nn.Module) -> str:
 
 def score_key(encoder: nn.Module, task: DownstreamTask) -> dict[str, str]:
     """What the cached scores of ``encoder`` on ``task`` depend on."""
-    precision = autocast_dtype(pick_device())
     return {"encoder": encoder_digest(encoder), "task": task.key, "metrics": METRIC_SET,
-            "precision": str(precision).replace("torch.", "") if precision else "float32"}
+            "precision": EVAL_PRECISION}
 
 
-def score_path(key: dict[str, str]) -> Path:
+def score_path(key: dict[str, str], root: Path | None = None) -> Path:
+    """Where the scores of ``key`` live under ``root`` (default: the user's cache)."""
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_dir() / "scores" / f"{name}.json"
+    return (root or cache_dir() / "scores") / f"{name}.json"
 
 
 def _read(path: Path, key: dict[str, str]) -> dict[str, float] | None:
@@ -102,6 +108,8 @@ def cached_scores(encoder: nn.Module, task: DownstreamTask) -> dict[str, float]:
     key = score_key(encoder, task)
     path = score_path(key)
     scores = _read(path, key)
+    if scores is None and score_path(key, SHIPPED).is_file():
+        scores = _read(score_path(key, SHIPPED), key)
     if scores is None:
         found = evaluate_encoder(encoder, task)
         scores = {m: float(found[m]) for m in SCORE_NAMES}

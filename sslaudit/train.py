@@ -1,7 +1,8 @@
 """The one training loop every victim and attack shares.
 
 Seeded, mixed precision (bf16 autocast on capable CPUs, CUDA when present),
-linear warm-up then cosine decay per step, a progress bar, and a checkpoint
+linear warm-up then cosine decay per step, a progress bar, a finite-loss check every
+``FINITE_CHECK_EVERY`` steps (no per-step host sync), and a checkpoint
 after every epoch so an interrupted run resumes where it stopped.
 
 >>> history = fit(model, step, (images,), TrainConfig(epochs=10, batch_size=256, lr=0.1))  # doctest: +SKIP
@@ -21,6 +22,9 @@ from tqdm.auto import tqdm
 
 from sslaudit.device import autocast, pick_device
 
+# Finiteness of the loss is checked every this many steps and at each epoch's end: checking a GPU loss
+# every step would make the host wait for the device each step.
+FINITE_CHECK_EVERY = 50
 Step = Callable[[tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 
 
@@ -135,13 +139,14 @@ def fit(
                 group["lr"] = lr_at(epoch * batches + b, total, warmup, cfg)
             with autocast(device, enabled=mixed_precision):
                 loss = step(tuple(t[index] for t in tensors), gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
             seen += len(index)
+            if (b + 1) % FINITE_CHECK_EVERY == 0:  # a host sync: every N steps, not every step
+                _check_finite(losses[-FINITE_CHECK_EVERY:], epoch)
+        _check_finite(losses, epoch)
         history.loss.append(float(torch.stack(losses).float().mean()))
         history.seconds.append(time.perf_counter() - epoch_began)
         bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
@@ -150,6 +155,14 @@ def fit(
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
+    """Raise if any of ``losses`` is not finite (one host sync for all of them)."""
+    stacked = torch.stack(losses)
+    if not bool(torch.isfinite(stacked).all()):
+        bad = float(stacked[~torch.isfinite(stacked)][0])
+        raise FloatingPointError(f"loss became {bad} at epoch {epoch}; lower the learning rate")
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator,

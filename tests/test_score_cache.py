@@ -87,3 +87,32 @@ def test_the_content_hash_names_the_weights():
     a, b = tiny_encoder(0), tiny_encoder(0)
     assert encoder_digest(a) == encoder_digest(b) != encoder_digest(tiny_encoder(1))
     assert len(encoder_digest(a.to(torch.bfloat16))) == 64  # any dtype hashes
+
+
+def test_shipped_scores_are_read_when_the_user_cache_has_none(evaluations, tmp_path, monkeypatch):
+    task, encoder = tiny_task(), tiny_encoder()
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(score_cache, "SHIPPED", shipped)
+    key = score_key(encoder, task)
+    score_path(key, shipped).parent.mkdir(parents=True)
+    stored = dict(FAKE, linear_full=0.9)
+    score_path(key, shipped).write_text(json.dumps({"key": key, "scores": stored}))
+    assert cached_scores(encoder, task) == stored and evaluations == []
+    # a shipped file for other weights (or another probe version) is never read
+    assert cached_scores(tiny_encoder(1), task) == FAKE and len(evaluations) == 1
+
+
+def test_the_key_names_float32_evaluation_on_every_machine(monkeypatch):
+    import sslaudit.device
+    task, encoder = tiny_task(), tiny_encoder()
+    plain = score_key(encoder, task)
+    monkeypatch.setattr(sslaudit.device, "cpu_has_bf16", lambda: True)
+    assert score_key(encoder, task) == plain and plain["precision"] == "float32"
+
+
+def test_evaluation_embeds_without_autocast(monkeypatch):
+    import sslaudit.evaluate as evaluate
+    seen = []
+    monkeypatch.setattr(evaluate, "embed", lambda enc, images, **kw: seen.append(kw) or torch.zeros(len(images), 2))
+    evaluate.embed_for_eval(tiny_encoder(), torch.zeros(3, 1, 28, 28))
+    assert seen == [{"mixed_precision": False}]

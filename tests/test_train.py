@@ -71,3 +71,19 @@ def test_bad_config_and_diverging_loss():
     with pytest.raises(FloatingPointError, match="learning rate"):
         fit(model, lambda b, g: model(b[0]).sum() * float("nan"), regression_problem(), CFG,
             device=torch.device("cpu"), progress=False)
+
+
+def test_finiteness_is_checked_every_n_steps_not_every_step(monkeypatch):
+    import sslaudit.train as train
+    checks, real = [], train._check_finite
+    monkeypatch.setattr(train, "_check_finite", lambda losses, epoch: checks.append(len(losses)) or real(losses, epoch))
+    x = torch.randn(120 * 4, 4)
+    model = nn.Linear(4, 1)
+    cfg = dataclasses.replace(CFG, epochs=1, batch_size=4)
+    fit(model, lambda b, g: model(b[0]).pow(2).mean(), (x,), cfg, device=torch.device("cpu"), progress=False)
+    assert checks == [train.FINITE_CHECK_EVERY, train.FINITE_CHECK_EVERY, 120]  # two mid-epoch, one at its end
+    calls = []
+    step = lambda b, g: calls.append(1) or model(b[0]).pow(2).mean() * (float("inf") if len(calls) == 7 else 1.0)  # noqa: E731
+    with pytest.raises(FloatingPointError, match="inf at epoch 0"):
+        fit(model, step, (x,), cfg, device=torch.device("cpu"), progress=False)
+    assert len(calls) == train.FINITE_CHECK_EVERY  # caught at the first check after it, not at the epoch's end
