@@ -49,15 +49,15 @@ def provider_sample(task: DownstreamTask, n: int = CALIBRATION_IMAGES) -> torch.
     return task.train.images[index].float().div_(255)
 
 
-def victim_scores(victim: Victim, task: DownstreamTask) -> dict[str, float]:
+def victim_scores(victim: Victim, task: DownstreamTask, progress: bool = False) -> dict[str, float]:
     """The victim's probe scores on ``task``, measured on its encoder once and kept in the score cache."""
-    return cached_scores(victim.encoder, task)
+    return cached_scores(victim.encoder, task, progress=progress, desc="evaluate victim")
 
 
-def floor_scores(arch: str, spec: object, seed: int, task: DownstreamTask) -> dict[str, float]:
+def floor_scores(arch: str, spec: object, seed: int, task: DownstreamTask, progress: bool = False) -> dict[str, float]:
     """Probe scores of a random-init ``arch`` built with ``seed`` (cached by the weights' content hash)."""
     torch.manual_seed(seed)
-    return cached_scores(build_encoder(arch, spec), task)
+    return cached_scores(build_encoder(arch, spec), task, progress=progress, desc="evaluate random init")
 
 
 def _ratios(fn: Callable[..., float], a: EncoderScores, *rest: EncoderScores) -> Ratios:
@@ -114,7 +114,7 @@ def steal_curve(
     """
     budgets = sorted(set(budgets))
     began = time.perf_counter()
-    v_scores = EncoderScores.from_dict(victim_scores(victim, task))
+    v_scores = EncoderScores.from_dict(victim_scores(victim, task, progress))
     calibration = provider_sample(task) if any(hasattr(d, "calibrate") for d in defenses) else None
     api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret,
                        calibration=calibration)
@@ -132,10 +132,10 @@ def steal_curve(
     honest_row = None
     if honest:
         api.set_budget(HONEST, honest_budget(task))
-        honest_row = honest_scores(api, task, HONEST)
+        honest_row = honest_scores(api, task, HONEST, progress=progress)
         honest_row = replace(honest_row, utility=_ratios(transfer_ratio, honest_row.scores, v_scores))
     floor = FloorRow(results[0].encoder.arch, EncoderScores.from_dict(
-        floor_scores(results[0].encoder.arch, results[0].encoder.spec, seed, task)))
+        floor_scores(results[0].encoder.arch, results[0].encoder.spec, seed, task, progress)))
     victim_row = VictimRow(victim.name, victim.card["method"], victim.card["arch"],
                            count_parameters(victim.encoder), v_scores)
     victim_test = embed_for_eval(victim.encoder, task.test.images)
@@ -150,8 +150,10 @@ def steal_curve(
     reports = []
     for budget, result in zip(budgets, results):
         stolen_test = embed_for_eval(result.encoder, task.test.images)  # once: for the probes and for fidelity
-        stolen_train = embed_for_eval(result.encoder, task.train.images)
-        scores = EncoderScores.from_dict(evaluate_features(stolen_train, stolen_test, task))
+        stolen_train = embed_for_eval(result.encoder, task.train.images, progress=progress,
+                                      desc=f"evaluate stolen ({budget}): embed")
+        scores = EncoderScores.from_dict(evaluate_features(stolen_train, stolen_test, task, progress=progress,
+                                                           desc=f"evaluate stolen ({budget}): probes"))
         fid = fidelity(stolen_test, victim_test)
         seconds = result.extra.get("train_seconds", attack_seconds if len(budgets) == 1 else None)
         stolen = StolenRow(

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from sslaudit.features import embed
 from sslaudit.probe import knn_accuracy, linear_probe_accuracy
@@ -28,37 +29,56 @@ FEW_LABEL_DRAWS, FEW_LABEL_FOLDS = 5, 5
 
 
 def few_label_scores(train: torch.Tensor, test: torch.Tensor, task: DownstreamTask,
-                     draws: int = FEW_LABEL_DRAWS) -> list[float]:
-    """1 %-label probe accuracy for each of ``draws`` draws of the few labels."""
+                     draws: int = FEW_LABEL_DRAWS, bar: tqdm | None = None) -> list[float]:
+    """1 %-label probe accuracy for each of ``draws`` draws of the few labels (``bar`` ticks once per draw)."""
     ytr, yte = task.train.labels, task.test.labels
-    return [linear_probe_accuracy(train[idx], ytr[idx], test, yte, folds=FEW_LABEL_FOLDS)
-            for idx in task.few_label_draws(draws)]
+    scores = []
+    for idx in task.few_label_draws(draws):
+        scores.append(linear_probe_accuracy(train[idx], ytr[idx], test, yte, folds=FEW_LABEL_FOLDS))
+        _tick(bar, "1 % probe")
+    return scores
 
 
-def evaluate_features(train: torch.Tensor, test: torch.Tensor, task: DownstreamTask) -> dict[str, float]:
+def _tick(bar: tqdm | None, stage: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(stage, refresh=False)
+        bar.update()
+
+
+def evaluate_features(train: torch.Tensor, test: torch.Tensor, task: DownstreamTask, *, progress: bool = False,
+                      desc: str = "probe") -> dict[str, float]:
     """Probe accuracies from precomputed features of ``task.train`` and ``task.test``.
 
     ``linear_1pct`` is the mean over the label draws, ``linear_1pct_spread`` their standard deviation.
+    ``progress`` shows a bar over the probes (each 1 % draw, the full-label probe, the kNN).
     """
     ytr, yte = task.train.labels, task.test.labels
-    few = torch.tensor(few_label_scores(train, test, task))
+    with tqdm(total=FEW_LABEL_DRAWS + 2, desc=desc, disable=not progress, leave=False, unit="probe") as bar:
+        few = torch.tensor(few_label_scores(train, test, task, bar=bar))
+        full = linear_probe_accuracy(train, ytr, test, yte)
+        _tick(bar, "full-label probe")
+        knn = knn_accuracy(train, ytr, test, yte)
+        _tick(bar, "kNN")
     return {
         "linear_1pct": float(few.mean()),
         "linear_1pct_spread": float(few.std()) if len(few) > 1 else 0.0,
-        "linear_full": linear_probe_accuracy(train, ytr, test, yte),
-        "knn": knn_accuracy(train, ytr, test, yte),
+        "linear_full": full,
+        "knn": knn,
     }
 
 
-def evaluate_encoder(encoder: nn.Module, task: DownstreamTask) -> dict[str, float]:
+def evaluate_encoder(encoder: nn.Module, task: DownstreamTask, *, progress: bool = False,
+                     desc: str = "evaluate") -> dict[str, float]:
     """Linear probes (1 % and all labels) and kNN of ``encoder``'s frozen features (embedded in float32)."""
-    return evaluate_features(embed_for_eval(encoder, task.train.images), embed_for_eval(encoder, task.test.images),
-                             task)
+    train = embed_for_eval(encoder, task.train.images, progress=progress, desc=f"{desc}: embed")
+    test = embed_for_eval(encoder, task.test.images)
+    return evaluate_features(train, test, task, progress=progress, desc=f"{desc}: probes")
 
 
-def embed_for_eval(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def embed_for_eval(encoder: nn.Module, images: torch.Tensor, *, progress: bool = False,
+                   desc: str = "embed") -> torch.Tensor:
     """Features for evaluation: float32, never autocast, so an encoder scores the same on every machine."""
-    return embed(encoder, images, mixed_precision=False)
+    return embed(encoder, images, mixed_precision=False, progress=progress, desc=desc)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -103,15 +103,17 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def cached_scores(encoder: nn.Module, task: DownstreamTask) -> dict[str, float]:
-    """``evaluate_encoder(encoder, task)``, read from the cache when this exact key was evaluated before."""
+def cached_scores(encoder: nn.Module, task: DownstreamTask, *, progress: bool = False,
+                  desc: str = "evaluate") -> dict[str, float]:
+    """``evaluate_encoder(encoder, task)``, read from the cache when this exact key was evaluated before
+    (``progress``: bars while it evaluates)."""
     key = score_key(encoder, task)
     path = score_path(key)
     scores = _read(path, key)
     if scores is None and score_path(key, SHIPPED).is_file():
         scores = _read(score_path(key, SHIPPED), key)
     if scores is None:
-        found = evaluate_encoder(encoder, task)
+        found = evaluate_encoder(encoder, task, progress=progress, desc=desc)
         scores = {m: float(found[m]) for m in SCORE_NAMES}
         if all(math.isfinite(v) for v in scores.values()):
             try:

@@ -23,7 +23,7 @@ def evaluations(tmp_path, monkeypatch):
     monkeypatch.setenv("SSLAUDIT_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def fake(encoder, task):
+    def fake(encoder, task, **progress):
         calls.append((encoder_digest(encoder), task.key))
         return dict(FAKE)
 
@@ -115,4 +115,4 @@ def test_evaluation_embeds_without_autocast(monkeypatch):
     seen = []
     monkeypatch.setattr(evaluate, "embed", lambda enc, images, **kw: seen.append(kw) or torch.zeros(len(images), 2))
     evaluate.embed_for_eval(tiny_encoder(), torch.zeros(3, 1, 28, 28))
-    assert seen == [{"mixed_precision": False}]
+    assert [kw["mixed_precision"] for kw in seen] == [False]
