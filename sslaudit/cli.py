@@ -65,11 +65,13 @@ def victims() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="save here instead of the cache")
 def victims_train(method: str, preset: str, epochs: int | None, out: Path | None) -> None:
     """Train METHOD (e.g. simclr) on Fashion-MNIST train and cache it."""
+    from sslaudit.distributed import is_main
     from sslaudit.zoo import train_victim
 
     victim = friendly(lambda: train_victim(method, preset, epochs=epochs, out=out))
-    click.echo(json.dumps({"saved": victim.card["saved_to"], "train_seconds": victim.card["train_seconds"],
-                           "scores": victim.card["scores"]}, indent=2))
+    if is_main():  # under torchrun: one report, from rank 0
+        click.echo(json.dumps({"saved": victim.card["saved_to"], "train_seconds": victim.card["train_seconds"],
+                               "scores": victim.card["scores"]}, indent=2))
 
 
 @victims.command("list")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sslaudit import distributed
 from sslaudit.device import autocast, pick_device
 
 # Finiteness of the loss is checked every this many steps and at each epoch's end: checking a GPU loss
@@ -105,9 +106,17 @@ def fit(
     gets one shuffled batch of them. ``step`` does its own augmentation with
     the generator it is given. With ``checkpoint`` set, state is saved after
     every epoch and a run that finds the file resumes from it.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank takes its slice of each global batch of
+    ``cfg.batch_size``, BatchNorm uses the global batch, gradients are averaged over ranks, each rank
+    draws its augmentations from its own generator, and rank 0 writes the checkpoint that all resume
+    from (:mod:`sslaudit.distributed`; a loss that compares samples gathers them with ``gather``).
     """
     device = device or pick_device()
+    rank, ranks = distributed.setup()
+    local = distributed.check_batch(cfg.batch_size)
     model.to(device)
+    distributed.sync_batchnorm(model, device)
     tensors = tuple(t.to(device) for t in tensors)
     n = len(tensors[0])
     batches = steps_per_epoch(cfg, n)
@@ -116,17 +125,22 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     total, warmup = cfg.epochs * batches, int(cfg.warmup_epochs * batches)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the order: the same on every rank
+    # One process draws augmentations from the order's generator (as it always has); ranks draw their own.
+    aug = gen if ranks == 1 else torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (rank + 1))
     history, start = History(), 0
     if checkpoint is not None and Path(checkpoint).is_file():
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
-            history, start = _resume(Path(checkpoint), model, optimizer, gen, device)
+            history, start = _resume(Path(checkpoint), model, optimizer, (gen, aug), device)
         except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be resumed is set aside, never fatal
-            _set_aside(Path(checkpoint), err)
+            if distributed.is_main():
+                _set_aside(Path(checkpoint), err)
             model.load_state_dict(initial)
             optimizer, history, start = make_optimizer(params, cfg), History(), 0
             gen.manual_seed(cfg.seed)
+            if aug is not gen:
+                aug.manual_seed(cfg.seed + 7919 * (rank + 1))
     model.train()
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False)
     seen, began = 0, time.perf_counter()
@@ -134,24 +148,25 @@ def fit(
         epoch_began, losses = time.perf_counter(), []
         order = torch.randperm(n, generator=gen, device=device)
         for b in range(batches):
-            index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local : (rank + 1) * local]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * batches + b, total, warmup, cfg)
             with autocast(device, enabled=mixed_precision):
-                loss = step(tuple(t[index] for t in tensors), gen)
+                loss = step(tuple(t[index] for t in tensors), aug)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)
             optimizer.step()
             losses.append(loss.detach())
-            seen += len(index)
+            seen += len(index) * ranks
             if (b + 1) % FINITE_CHECK_EVERY == 0:  # a host sync: every N steps, not every step
                 _check_finite(losses[-FINITE_CHECK_EVERY:], epoch)
         _check_finite(losses, epoch)
-        history.loss.append(float(torch.stack(losses).float().mean()))
+        history.loss.append(distributed.mean_over_ranks(float(torch.stack(losses).float().mean())))
         history.seconds.append(time.perf_counter() - epoch_began)
         bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, gen, history, epoch + 1)
+            _save_checkpoint(checkpoint, model, optimizer, (gen, aug), history, epoch + 1)
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history
@@ -165,15 +180,26 @@ def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
         raise FloatingPointError(f"loss became {bad} at epoch {epoch}; lower the learning rate")
 
 
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator,
-            device: torch.device) -> tuple[History, int]:
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            gens: tuple[torch.Generator, torch.Generator], device: torch.device) -> tuple[History, int]:
     """Load a checkpoint written by :func:`_save_checkpoint` into the run; (history, next epoch)."""
     state = torch.load(path, map_location=device, weights_only=True)
     history, epoch = History(**state["history"]), int(state["epoch"])
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+    order, aug = gens
+    rank, ranks = distributed.world()
+    _set_state(order, state["generator"], device)
+    if aug is not order:
+        per_rank = state.get("rank_generators") or []
+        if len(per_rank) != ranks:
+            raise ValueError(f"the checkpoint was written by {len(per_rank) or 1} rank(s), this run has {ranks}")
+        _set_state(aug, per_rank[rank], device)
     return history, epoch
+
+
+def _set_state(gen: torch.Generator, state: torch.Tensor, device: torch.device) -> None:
+    gen.set_state(state.cpu() if device.type == "cpu" else state)
 
 
 def _set_aside(path: Path, err: BaseException) -> Path:
@@ -192,18 +218,27 @@ def _set_aside(path: Path, err: BaseException) -> Path:
     return target
 
 
-def _save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, history: History, epoch: int
-) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": gen.get_state(),
-        "history": history.to_dict(),
-        "epoch": epoch,
-    }
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     gens: tuple[torch.Generator, torch.Generator], history: History, epoch: int) -> None:
+    """Rank 0 writes model, optimizer, generators (every rank's) and history; the others wait for it."""
+    order, aug = gens
+    rank_states = None
+    if aug is not order:  # every rank takes part in the gather; rank 0 writes
+        rank_states = [None] * distributed.world()[1]
+        torch.distributed.all_gather_object(rank_states, aug.get_state().cpu())
+    if distributed.is_main():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": order.get_state(),
+            "history": history.to_dict(),
+            "epoch": epoch,
+        }
+        if rank_states is not None:
+            state["rank_generators"] = rank_states
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+    distributed.barrier()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from sslaudit.distributed import is_main
 from sslaudit.external import load_external
 from sslaudit.models import InputSpec
 from sslaudit.tasks import downstream_task, victim_training_data
@@ -63,14 +64,21 @@ def find_victim(method: str, preset: str = "tiny", epochs: int | None = None) ->
 
 def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None, progress: bool = True,
                  out: Path | None = None, score: bool = True) -> Victim:
-    """Train ``method``/``preset`` on the protocol's victim data, score it, store it in the cache (or ``out``)."""
+    """Train ``method``/``preset`` on the protocol's victim data, score it, store it in the cache (or ``out``).
+
+    Under ``torchrun`` every rank trains its share of each batch (:mod:`sslaudit.distributed`); rank 0
+    scores and saves the victim and removes the checkpoint.
+    """
     config = preset_config(method, preset, epochs)
     key = config_key(config)
     target = out or cache_dir() / "victims" / f"{method}-{key}"
     checkpoint = cache_dir() / "checkpoints" / f"{method}-{key}.pt"
     torch.manual_seed(config.train.seed)  # the initial weights too, not only the data order
-    victim = get_victim(method).train(victim_training_data(), config, progress=progress, checkpoint=checkpoint)
+    victim = get_victim(method).train(victim_training_data(), config, progress=progress and is_main(),
+                                      checkpoint=checkpoint)
     victim.card["preset"] = preset
+    if not is_main():  # under torchrun rank 0 scores and saves; the other ranks only trained
+        return victim
     if score:
         task = downstream_task()
         from sslaudit.score_cache import cached_scores  # imports cache_dir from here

@@ -35,6 +35,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.distributed import gather
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_victim
 from sslaudit.train import TrainConfig, fit
@@ -142,7 +143,8 @@ class BarlowTwins:
             v2 = solarize(augment(images, config.augment, gen), config.solarize_p, gen)
             # One pass per view, as the official code does: BatchNorm statistics stay per view.
             z1, z2 = projector(encoder(v1)), projector(encoder(v2))
-            return barlow_twins_loss(z1, z2, lambd=config.lambd)
+            # Under torchrun: the cross-correlation of the global batch (the official code all-reduces C).
+            return barlow_twins_loss(gather(z1), gather(z2), lambd=config.lambd)
 
         history = fit(model, step, (data.images,), config.train, desc="barlow_twins", **fit_kwargs)
         card = make_card(method="barlow_twins", config=config, data=data, encoder=encoder, history=history)

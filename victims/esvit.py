@@ -25,6 +25,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.distributed import gather
 from sslaudit.losses import ema_update
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_victim
@@ -216,8 +217,9 @@ class EsViT:
                 s_out += _outputs(student, torch.cat(local), config.local_crops)
             loss = esvit_loss(s_out, t_out, state.center, state.region_center, teacher_temperature(config, epoch),
                               config.student_temp, config.region_weight)
-            update_center(state.center, torch.cat([t[0] for t in t_out]), config.center_momentum)
-            update_center(state.region_center, torch.cat([t[1] for t in t_out]), config.center_momentum)
+            # DINO all-reduces the batch centre: the same centre on every rank (one rank: as is).
+            update_center(state.center, gather(torch.cat([t[0] for t in t_out])), config.center_momentum)
+            update_center(state.region_center, gather(torch.cat([t[1] for t in t_out])), config.center_momentum)
             return loss
 
         history = fit(model, step, (data.images,), cfg, desc="esvit", **fit_kwargs)

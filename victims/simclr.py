@@ -18,6 +18,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.distributed import gather
 from sslaudit.losses import nt_xent_loss
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.registry import register_victim
@@ -57,8 +58,9 @@ def simclr_loss(encoder: nn.Module, head: nn.Module, images: torch.Tensor, confi
     """NT-Xent of two augmented views of ``images`` (float in [0, 1]) through ``head(encoder(.))``: one step's
     loss (also the clean part of ``sslaudit.ownership.watermark.train_watermarked``)."""
     v1, v2 = augment(images, config.augment, gen), augment(images, config.augment, gen)
-    z = head(encoder(torch.cat([v1, v2])))
-    return nt_xent_loss(*z.chunk(2), temperature=config.temperature)
+    z1, z2 = head(encoder(torch.cat([v1, v2]))).chunk(2)
+    # Under torchrun every rank's views are negatives too: the loss of the global batch (one rank: as is).
+    return nt_xent_loss(gather(z1), gather(z2), temperature=config.temperature)
 
 
 PRESETS: dict[str, SimCLRConfig] = {

@@ -41,6 +41,7 @@ from torch import nn
 
 from sslaudit.augment import AugmentConfig, augment
 from sslaudit.data import ImageData
+from sslaudit.distributed import gather
 from sslaudit.losses import cross_info_nce_loss
 from sslaudit.models import InputSpec, build_encoder
 from sslaudit.nets.patch_tokenizer import PatchTokenizer
@@ -163,6 +164,7 @@ class SplitMask:
             da, logits_ab = decoder(ha, a, b)
             db, logits_ba = decoder(hb, b, a)
             xa, xb = (da.mean(1), db.mean(1)) if config.match == "decoder" else (ha.mean(1), hb.mean(1))
+            xa, xb = gather(xa), gather(xb)  # under torchrun: every rank's halves are InfoNCE negatives
             return splitmask_loss(logits_ab, tokens.gather(1, b), logits_ba, tokens.gather(1, a), xa, xb,
                                   temperature=config.temperature, nce_weight=config.nce_weight)
 
