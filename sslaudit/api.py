@@ -21,7 +21,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from sslaudit.device import autocast, pick_device
+from sslaudit.device import autocast, fast_layout, pick_device
 from sslaudit.models import Encoder, InputSpec
 from sslaudit.secret import DeploymentSecret
 
@@ -149,7 +149,7 @@ class SimulatedAPI:
         self.max_batch = _int("max_batch", max_batch, 1, "images per call")
         self._encoder = encoder.eval()
         self._device = device or pick_device()
-        self._encoder.to(self._device)
+        fast_layout(self._encoder.to(self._device))
         self.spec, self.dim = encoder.spec, encoder.dim
         self._secret = secret if secret is not None else DeploymentSecret.from_env()
         self.defenses = [d.bind(self._secret) if hasattr(d, "bind") else d for d in defenses]

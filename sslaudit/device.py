@@ -1,4 +1,5 @@
-"""Device choice and mixed precision: CUDA when present, bf16 autocast on CPUs that have it.
+"""Device choice, mixed precision and memory layout: CUDA when present, bf16 autocast on CPUs that have
+it, channels-last convolutions.
 
 >>> with autocast(pick_device()):  # doctest: +SKIP
 ...     features = encoder(images)
@@ -10,6 +11,7 @@ from functools import lru_cache
 from typing import Iterator
 
 import torch
+from torch import nn
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -37,6 +39,18 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def fast_layout(module: nn.Module) -> nn.Module:
+    """``module`` in channels-last memory format where it has 2-d convolutions (in place; returned).
+
+    oneDNN and cuDNN run convolutions on NHWC without reordering each call. Measured on the tiny convnet
+    (28 px, AMD EPYC without bf16, one thread): training steps about 1.4x, inference 1.5x faster
+    (``bench/throughput.py``). Values are unchanged; only strides differ (weights are saved contiguous).
+    """
+    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 @contextlib.contextmanager

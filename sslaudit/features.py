@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sslaudit.device import autocast, pick_device
+from sslaudit.device import autocast, fast_layout, pick_device
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024,
     """Features of ``images`` (uint8 in ``[0, 255]`` or float in ``[0, 1]``) as float32 on the CPU."""
     device = device or pick_device()
     was_training = encoder.training
-    encoder.eval().to(device)
+    fast_layout(encoder.eval().to(device))
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False,
                       unit="batch"):

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sslaudit import distributed
-from sslaudit.device import autocast, pick_device
+from sslaudit.device import autocast, fast_layout, pick_device
 
 # Finiteness of the loss is checked every this many steps and at each epoch's end: checking a GPU loss
 # every step would make the host wait for the device each step.
@@ -115,7 +115,7 @@ def fit(
     device = device or pick_device()
     rank, ranks = distributed.setup()
     local = distributed.check_batch(cfg.batch_size)
-    model.to(device)
+    fast_layout(model.to(device))
     distributed.sync_batchnorm(model, device)
     tensors = tuple(t.to(device) for t in tensors)
     n = len(tensors[0])
