@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sslaudit import distributed
+from sslaudit import checkpoints, distributed
 from sslaudit.device import autocast, fast_layout, pick_device
 
 # Finiteness of the loss is checked every this many steps and at each epoch's end: checking a GPU loss
@@ -132,10 +131,11 @@ def fit(
     if checkpoint is not None and Path(checkpoint).is_file():
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
-            history, start = _resume(Path(checkpoint), model, optimizer, (gen, aug), device)
+            saved, start = checkpoints.resume(Path(checkpoint), model, optimizer, (gen, aug), device)
+            history = History(**saved)
         except Exception as err:  # noqa: BLE001 - a checkpoint that cannot be resumed is set aside, never fatal
             if distributed.is_main():
-                _set_aside(Path(checkpoint), err)
+                checkpoints.set_aside(Path(checkpoint), err)
             model.load_state_dict(initial)
             optimizer, history, start = make_optimizer(params, cfg), History(), 0
             gen.manual_seed(cfg.seed)
@@ -166,7 +166,7 @@ def fit(
         history.seconds.append(time.perf_counter() - epoch_began)
         bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, (gen, aug), history, epoch + 1)
+            checkpoints.save(checkpoint, model, optimizer, (gen, aug), history.to_dict(), epoch + 1)
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history
@@ -178,67 +178,3 @@ def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
     if not bool(torch.isfinite(stacked).all()):
         bad = float(stacked[~torch.isfinite(stacked)][0])
         raise FloatingPointError(f"loss became {bad} at epoch {epoch}; lower the learning rate")
-
-
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            gens: tuple[torch.Generator, torch.Generator], device: torch.device) -> tuple[History, int]:
-    """Load a checkpoint written by :func:`_save_checkpoint` into the run; (history, next epoch)."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    history, epoch = History(**state["history"]), int(state["epoch"])
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    order, aug = gens
-    rank, ranks = distributed.world()
-    _set_state(order, state["generator"], device)
-    if aug is not order:
-        per_rank = state.get("rank_generators") or []
-        if len(per_rank) != ranks:
-            raise ValueError(f"the checkpoint was written by {len(per_rank) or 1} rank(s), this run has {ranks}")
-        _set_state(aug, per_rank[rank], device)
-    return history, epoch
-
-
-def _set_state(gen: torch.Generator, state: torch.Tensor, device: torch.device) -> None:
-    gen.set_state(state.cpu() if device.type == "cpu" else state)
-
-
-def _set_aside(path: Path, err: BaseException) -> Path:
-    """Rename an unusable checkpoint to ``<name>.corrupt-<timestamp>`` and warn in one line."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
-    try:
-        path.replace(target)
-    except FileNotFoundError:  # another process (a DDP rank) moved it first
-        pass
-    warnings.warn(f"checkpoint {path} could not be resumed ({type(err).__name__}: {' '.join(str(err).split())[:120]}); "
-                  f"moved it to {target.name} and started fresh", RuntimeWarning, stacklevel=3)
-    return target
-
-
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     gens: tuple[torch.Generator, torch.Generator], history: History, epoch: int) -> None:
-    """Rank 0 writes model, optimizer, generators (every rank's) and history; the others wait for it."""
-    order, aug = gens
-    rank_states = None
-    if aug is not order:  # every rank takes part in the gather; rank 0 writes
-        rank_states = [None] * distributed.world()[1]
-        torch.distributed.all_gather_object(rank_states, aug.get_state().cpu())
-    if distributed.is_main():
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": order.get_state(),
-            "history": history.to_dict(),
-            "epoch": epoch,
-        }
-        if rank_states is not None:
-            state["rank_generators"] = rank_states
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
-    distributed.barrier()

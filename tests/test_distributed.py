@@ -47,22 +47,25 @@ def result(out: Path) -> tuple[dict[str, torch.Tensor], list[float]]:
 
 
 def test_two_ranks_train_one_epoch_like_one_process_on_the_global_batch(needs_fmnist, tmp_path):
-    """Each weight's update may differ from one process's by at most 10 % of that update. Measured: 3.0 %
-    (two ranks), the same as one process on 1 vs 2 threads (3.0 %: summation order, amplified through the
-    first BatchNorms); gradients summed instead of averaged over ranks: 173 %."""
+    """One epoch of 64 images (one global batch): the weights' update may differ from one process's by at
+    most 5 % of its norm. Measured: 1.4 % (two ranks), 1.5 % for one process on 1 vs 2 threads (summation
+    order, amplified through the first BatchNorms); gradients summed instead of averaged: 100 %. Over
+    several steps SimCLR amplifies such noise (3 steps: 7.5 % for two ranks, 17 % for 1 vs 2 threads), so
+    equality is checked on one step and the resume test below checks the rest bit for bit."""
     out, alone = tmp_path / "two.safetensors", tmp_path / "one.safetensors"
-    run_worker(alone)
-    run_worker(out, ranks=2)
+    run_worker(alone, "--images", "64")
+    run_worker(out, "--images", "64", ranks=2)
     (weights, loss), (ref, ref_loss) = result(out), result(alone)
     init = load_file(f"{alone}.init")
     assert weights.keys() == ref.keys() == init.keys()
-    assert loss == pytest.approx(ref_loss, rel=1e-4)
-    for name, tensor in ref.items():
-        if "running" in name or not tensor.is_floating_point():  # global-batch BatchNorm statistics: close
-            torch.testing.assert_close(weights[name].double(), tensor.double(), rtol=1e-3, atol=1e-5, msg=name)
-            continue
-        update = (tensor.double() - init[name].double()).norm()
-        assert (weights[name].double() - tensor.double()).norm() <= 0.1 * update, name
+    assert loss == pytest.approx(ref_loss, rel=1e-5)  # the global batch's NT-Xent: every rank's negatives
+    trained = [k for k, t in ref.items() if t.is_floating_point() and "running" not in k]
+    update = sum((ref[k].double() - init[k].double()).pow(2).sum() for k in trained).sqrt()
+    differ = sum((weights[k].double() - ref[k].double()).pow(2).sum() for k in trained).sqrt()
+    assert differ <= 0.05 * update, float(differ / update)
+    for name in ref:  # the global batch's BatchNorm statistics
+        if "running" in name:
+            torch.testing.assert_close(weights[name].double(), ref[name].double(), rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_an_interrupted_two_rank_run_resumes_from_rank_0s_checkpoint(needs_fmnist, tmp_path):

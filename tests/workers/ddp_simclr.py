@@ -5,9 +5,8 @@
 
 Trains on the first N (192) Fashion-MNIST train images with a global batch of 64 (3 steps an epoch),
 augmentation switched off (every view the image itself), so one process and two ranks see exactly the
-same numbers and may differ only by floating-point summation order. (SimCLR's steps amplify such
-differences: over longer runs one thread and two threads of one process drift apart by about 1 % in
-the loss after 8 steps, so the comparison is made where it is meaningful, over 3 steps.) Rank 0 writes OUT (safetensors: the encoder and head weights and
+same numbers and may differ only by floating-point summation order (which SimCLR's steps amplify: the
+test compares one step, and resumes bit for bit). Rank 0 writes OUT (safetensors: the encoder and head weights and
 buffers), OUT.init (the same before training) and OUT.json (the loss history). ``--stop-after-steps K`` raises KeyboardInterrupt at the K-th
 step (an interrupted run, to be resumed from ``--checkpoint``).
 """
