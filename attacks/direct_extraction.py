@@ -61,7 +61,7 @@ def soft_nn_loss(stolen: torch.Tensor, victim: torch.Tensor, temperature: float 
     sq = (z * z).sum(1)
     logits = -(sq[:, None] + sq[None, :] - 2 * z @ z.T).clamp_min(0) / temperature
     logits.fill_diagonal_(float("-inf"))
-    partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    partners = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(n, device=z.device)])
     log_ratio = logits.gather(1, partners[:, None]).squeeze(1) - logits.logsumexp(1)
     return -torch.log(1e-9 + log_ratio.exp()).mean().float()
 

@@ -55,7 +55,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     n = len(z1)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
-    partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    partners = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(n, device=z.device)])
     return F.cross_entropy(logits, partners)
 
 

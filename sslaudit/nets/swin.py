@@ -16,6 +16,7 @@ the final-stage tokens after the last LayerNorm (EsViT's region features);
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,12 @@ def shift_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
+def on_device(make: Callable[..., torch.Tensor], device: torch.device, *args: int) -> torch.Tensor:
+    """``make(*args)`` copied to ``device`` once and kept: no host-to-device copy (a sync on CUDA) per step."""
+    return make(*args).to(device)
+
+
+@lru_cache(maxsize=64)
 def relative_index(ws: int, table_side: int) -> torch.Tensor:
     """``(ws², ws²)`` indices into a ``(table_side², heads)`` relative-bias table (table_side = 2·window − 1)."""
     ys, xs = torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")
@@ -73,7 +80,7 @@ class SwinBlock(nn.Module):
         n, t, c = x.shape  # n = B * nW windows of t = ws² tokens
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (n, heads, t, t)
-        bias = self.bias_table[relative_index(ws, 2 * self.window - 1).to(x.device)].permute(2, 0, 1)
+        bias = self.bias_table[on_device(relative_index, x.device, ws, 2 * self.window - 1)].permute(2, 0, 1)
         if mask is not None:  # the same for every image: (nW, heads, t, t), broadcast over B
             bias = bias.unsqueeze(0).masked_fill(mask.unsqueeze(1), -100.0)
         attn = (attn.view(-1, *bias.shape) + bias.to(attn.dtype)).view(n, self.heads, t, t)
@@ -93,7 +100,7 @@ class SwinBlock(nn.Module):
         mask = None
         if shift:
             y = torch.roll(y, (-shift, -shift), (1, 2))
-            mask = shift_mask(hp, wp, ws, shift).to(x.device)
+            mask = on_device(shift_mask, x.device, hp, wp, ws, shift)
         y = window_reverse(self.attention(window_partition(y, ws), ws, mask), ws, b, hp, wp)
         if shift:
             y = torch.roll(y, (shift, shift), (1, 2))
