@@ -74,7 +74,9 @@ def render(rows: list[dict], undefended: list[dict], markdown: Path, figure: Pat
     for r in undefended:
         by_pair[("none", r["spec"])].append(r)
     table, points = [], []
-    order = sorted(by_pair, key=lambda k: (k[0] != "none", list(by_defense).index(k[0]) if k[0] in by_defense else 0))
+    families = list(dict.fromkeys(d.split(":")[0] for d in by_defense))  # rows of one defence kept together
+    order = sorted(by_pair, key=lambda k: (k[0] != "none", families.index(k[0].split(":")[0]) if k[0] in by_defense
+                                           else 0, list(by_defense).index(k[0]) if k[0] in by_defense else 0))
     for defense, attack in order:
         group = by_pair[(defense, attack)]
         honest_rows = by_defense.get(defense, [])
