@@ -34,14 +34,19 @@ BUDGET = 5000
 # (defence, attacks): each defence with the strongest plain attack and the adaptive attack aimed at it.
 GRIDS: dict[str, list[tuple[str, list[str]]]] = {
     "strongest": [
-        ("noise:sigma=0.5", ["stolenencoder", "average:copies=4"]),
+        ("noise:sigma=0.5", ["stolenencoder", "average:copies=4", "mse", "simreg"]),
         ("noise:sigma=2.0", ["stolenencoder", "average:copies=4"]),
         ("b4b", ["stolenencoder", "coverage-sybil"]),
         ("b4b:beta=40", ["stolenencoder", "coverage-sybil"]),
         ("round:decimals=1", ["stolenencoder", "besa"]),
+        ("round:decimals=0", ["stolenencoder"]),
         ("topk:fraction=0.1", ["stolenencoder", "besa"]),
+        ("topk:fraction=0.3", ["stolenencoder"]),
+        ("transform:kind=pad_shuffle", ["stolenencoder", "pad-drop"]),
         ("transform:kind=affine_pad_shuffle", ["stolenencoder", "pad-drop", "sybil"]),
         ("truncate:fraction=0.25", ["stolenencoder"]),
+        ("truncate:fraction=0.5", ["stolenencoder"]),
+        ("knn-detector:action=poison", ["stolenencoder"]),
     ],
 }
 
