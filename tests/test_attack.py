@@ -84,6 +84,7 @@ class OnlyTheAPI:
 QUICK = TrainConfig(epochs=10, batch_size=32, lr=3e-3, optimizer="adamw", warmup_epochs=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "infonce"])
 def test_short_steal_through_the_interface_improves_fidelity(loss):
     victim = calibrated_victim()

@@ -25,6 +25,7 @@ QUICK = ["--queries", "300", "--epochs", "2", "--eval-train", str(EVAL_TRAIN), "
          "--no-progress", "--stolen-arch", "convnet-small"]
 
 
+@pytest.mark.slow
 def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path, monkeypatch):
     monkeypatch.setenv("SSLAUDIT_CACHE", str(tmp_path / "cache"))  # the run measures, no scores from earlier runs
     out = tmp_path / "r.json"
@@ -65,6 +66,7 @@ def test_steal_writes_a_complete_json(needs_fmnist, victim_file, tmp_path, monke
     assert run["seed"] == 0 and "torch" in run["versions"] and run["wall_seconds"] > 0 and "commit" in run
 
 
+@pytest.mark.slow
 def test_digits_pool_pads_with_copies(needs_fmnist, victim_file, tmp_path):
     out = tmp_path / "d.json"
     args = ["steal", "--victim", str(victim_file), "--pool", "digits", "--json", str(out), *QUICK]
@@ -110,6 +112,7 @@ def test_download_without_torchvision_says_how(monkeypatch):
     assert result.exit_code != 0 and "sslaudit[zoo]" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_budget_list_buys_once_and_reports_each_prefix(needs_fmnist, victim_file, tmp_path):
     out = tmp_path / "curve.json"
     args = ["steal", "--victim", str(victim_file), "--json", str(out), *QUICK]
@@ -132,6 +135,7 @@ def test_bad_budget_lists_are_refused(queries, victim_file):
 
 @pytest.mark.parametrize("attack", ["softnn", "wasserstein", "stolenencoder", "contsteal", "rda", "simreg",
                                     "sybil", "self-train", "ssl-small"])
+@pytest.mark.slow
 def test_every_recipe_runs_through_the_cli(needs_fmnist, victim_file, tmp_path, attack):
     out = tmp_path / f"{attack}.json"
     args = ["steal", "--victim", str(victim_file), "--attack", attack, "--json", str(out), *QUICK]

@@ -121,6 +121,7 @@ def test_budget_never_exceeded(encoder):
     assert api.ledger("attacker").images == 99
 
 
+@pytest.mark.slow
 def test_short_steal_through_the_interface_improves_fidelity():
     """As test_attack's: a BatchNorm-calibrated victim and the *centred* cosine. With the loss zeroed, the
     stolen encoder's BatchNorm statistics alone reach a raw cosine of 0.95 but a centred one of 0.06.

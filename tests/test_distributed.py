@@ -46,6 +46,7 @@ def result(out: Path) -> tuple[dict[str, torch.Tensor], list[float]]:
     return load_file(str(out)), json.loads(Path(f"{out}.json").read_text())["loss"]
 
 
+@pytest.mark.slow
 def test_two_ranks_train_one_epoch_like_one_process_on_the_global_batch(needs_fmnist, tmp_path):
     """One epoch of 64 images (one global batch): the weights' update may differ from one process's by at
     most 5 % of its norm. Measured: 1.4 % (two ranks), 1.5 % for one process on 1 vs 2 threads (summation
@@ -68,6 +69,7 @@ def test_two_ranks_train_one_epoch_like_one_process_on_the_global_batch(needs_fm
             torch.testing.assert_close(weights[name].double(), ref[name].double(), rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_rank_run_resumes_from_rank_0s_checkpoint(needs_fmnist, tmp_path):
     whole, resumed, ckpt = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors", tmp_path / "c.pt"
     run_worker(whole, "--epochs", "2", ranks=2)

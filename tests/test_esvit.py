@@ -185,6 +185,7 @@ def synthetic(n=256):
     return ImageData(images, torch.zeros(n, dtype=torch.long), "synthetic")
 
 
+@pytest.mark.slow
 def test_student_learns_to_match_a_fixed_teacher():
     """With the teacher and the centres held still, a short run lowers the loss.
 
@@ -198,6 +199,7 @@ def test_student_learns_to_match_a_fixed_teacher():
     assert loss[-1] < loss[0]
 
 
+@pytest.mark.slow
 def test_short_run_serves_the_moved_teacher(tmp_path):
     config = dataclasses.replace(small_config(), train=dataclasses.replace(small_config().train, epochs=2))
     torch.manual_seed(0)

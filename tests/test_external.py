@@ -153,6 +153,7 @@ def test_card_beside_the_weights_gives_the_input(factory_module, tmp_path):
     assert load_external("byo_models:small", weights=tmp_path / "w.safetensors").card["native_input"]["size"] == 16
 
 
+@pytest.mark.slow
 def test_cli_steals_an_external_victim(needs_fmnist, factory_module, tmp_path):
     save_file(trained_copy(factory_module).state_dict(), str(tmp_path / "w.safetensors"))
     out = tmp_path / "r.json"

@@ -113,6 +113,7 @@ def test_strong_noise_costs_the_honest_user_accuracy():
     assert honest.queries == 90
 
 
+@pytest.mark.slow
 def test_steal_curve_serves_the_honest_account_beside_the_attacker():
     task, victim = tiny_task(), tiny_victim()
     pool = banded(20, 7, "pool")

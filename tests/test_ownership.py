@@ -303,6 +303,7 @@ def test_save_stolen_to_an_unwritable_path_is_refused_first(tmp_path, monkeypatc
     one_line_error(result, "'--save-stolen'", "is a file, not a folder")
 
 
+@pytest.mark.slow
 def test_steal_save_stolen_then_verify(needs_fmnist, saved_victim, tmp_path):
     from sslaudit.evaluate import evaluate_encoder
     from sslaudit.tasks import downstream_task

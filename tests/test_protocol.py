@@ -45,6 +45,7 @@ def scores_of(arch, seed, task):
     return {m: scores[m] for m in METRICS}
 
 
+@pytest.mark.slow
 def test_the_floor_is_a_fresh_encoder_of_the_stolen_arch_built_with_the_runs_seed(monkeypatch, tmp_path):
     monkeypatch.setenv("SSLAUDIT_CACHE", str(tmp_path))  # no scores from earlier runs
     task = synthetic_task()

@@ -159,6 +159,7 @@ def test_encoders_build_through_the_registry():
     assert set(PRESETS) == {"tiny", "standard"}
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(tmp_path):
     base = PRESETS["tiny"]
     config = dataclasses.replace(base, vocab_size=32, tokenizer_sample=5000, tokenizer_iters=5, decoder_dim=64,
