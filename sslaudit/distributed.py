@@ -7,8 +7,8 @@ the loss sees the whole batch:
 
 - :func:`gather` concatenates a tensor over ranks with the gradient flowing back to each rank's part
   (lightly's ``gather_distributed``; written here, since torch's differentiable collectives are
-  deprecated): a contrastive
-  loss computed on gathered embeddings has every rank's negatives, and every rank computes the same loss;
+  deprecated): a contrastive loss computed on gathered embeddings has every rank's negatives, and
+  every rank computes the same loss;
 - :func:`sync_batchnorm` makes BatchNorm use the global batch's statistics (SimCLR's "global BN"):
   torch's ``SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` elsewhere (``SyncBatchNorm`` is GPU-only);
 - :func:`average_gradients` all-reduces the gradients once per step, in one flat buffer.
