@@ -19,20 +19,21 @@ import torch
 from sslaudit.audit import floor_scores
 from sslaudit.models import build_encoder
 from sslaudit.score_cache import SHIPPED, cached_scores, score_key, score_path, write_atomically
-from sslaudit.tasks import downstream_task
+from sslaudit.tasks import DownstreamTask, downstream_task
 from sslaudit.victim import Victim
 
 WEIGHTS = SHIPPED.parent
 
 
-def ship(encoder: torch.nn.Module, label: str) -> None:
+def ship(encoder: torch.nn.Module, task: DownstreamTask, label: str) -> dict[str, float]:
+    """Evaluate (or read from the user's cache) and write the shipped file of ``encoder``; its scores."""
     began = time.perf_counter()
-    task = downstream_task()
     scores = cached_scores(encoder, task)
     key = score_key(encoder, task)
     write_atomically(score_path(key, SHIPPED),
                      json.dumps({"key": key, "scores": scores, "label": label}, indent=1, sort_keys=True))
     print(f"{label}: {scores} ({time.perf_counter() - began:.0f} s)", flush=True)
+    return scores
 
 
 def main() -> None:
@@ -43,11 +44,13 @@ def main() -> None:
     task = downstream_task()
     for card in sorted(WEIGHTS.glob("*.json")):
         victim = Victim.load(card)
-        ship(victim.encoder, f"victim {victim.name}")
+        ship(victim.encoder, task, f"victim {victim.name}")
         for seed in args.seeds:
             torch.manual_seed(seed)
-            ship(build_encoder(args.arch, victim.encoder.spec), f"floor {args.arch} seed {seed} at {card.stem}'s input")
-            assert floor_scores(args.arch, victim.encoder.spec, seed, task)  # the audit's own path reads it
+            shipped = ship(build_encoder(args.arch, victim.encoder.spec), task,
+                           f"floor {args.arch} seed {seed} at {card.stem}'s input")
+            if floor_scores(args.arch, victim.encoder.spec, seed, task) != shipped:  # the audit builds the same
+                raise SystemExit(f"the audit's floor at seed {seed} is not the encoder shipped; check build_encoder")
 
 
 if __name__ == "__main__":

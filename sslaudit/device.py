@@ -46,8 +46,8 @@ def fast_layout(module: nn.Module) -> nn.Module:
 
     oneDNN and cuDNN run convolutions on NHWC without reordering each call. Measured on the tiny convnet
     (28 px, AMD EPYC without bf16, 2 threads, ``bench/throughput.py``): SimCLR steps 1.40x, MSE stealing
-    steps 1.03-1.19x, inference about 1.5x (one thread). Values are unchanged up to float rounding;
-    only strides differ (weights are saved contiguous).
+    steps 1.03-1.19x. Values are unchanged up to float rounding; only strides differ (weights are saved
+    contiguous).
     """
     if any(isinstance(m, nn.Conv2d) for m in module.modules()):
         module.to(memory_format=torch.channels_last)

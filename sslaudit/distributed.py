@@ -130,7 +130,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch (all ranks), on any device.
 
     Per channel, two all-reduces (differentiable): mean = Σx / N, then the biased variance
-    Σ(x − mean)² / N; running statistics are updated with the unbiased variance, as ``nn.BatchNorm`` does. Equal local batch sizes are assumed (``fit`` splits every global batch evenly).
+    Σ(x − mean)² / N; running statistics are updated with the unbiased variance, as ``nn.BatchNorm``
+    does. Equal local batch sizes are assumed (``fit`` splits every global batch evenly).
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -144,7 +145,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
         count = xf.numel() // xf.shape[1] * world()[1]
-        mean = all_reduce_sum(xf.sum(dims)) / count  # two passes, as BatchNorm does: no E[x²] − mean² cancellation
+        mean = all_reduce_sum(xf.sum(dims)) / count  # two passes, as BatchNorm: no E[x²] − mean² cancellation
         centred = xf - mean.view(shape)
         var = all_reduce_sum(centred.pow(2).sum(dims)) / count
         if self.track_running_stats and self.running_mean is not None:

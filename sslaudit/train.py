@@ -126,7 +126,9 @@ def fit(
     total, warmup = cfg.epochs * batches, int(cfg.warmup_epochs * batches)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the order: the same on every rank
     # One process draws augmentations from the order's generator (as it always has); ranks draw their own.
-    aug = gen if ranks == 1 else torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (rank + 1))
+    aug = gen if ranks == 1 else torch.Generator(device=device)
+    if aug is not gen:
+        aug.manual_seed(_rank_seed(cfg.seed, rank))
     history, start = History(), 0
     if checkpoint is not None and Path(checkpoint).is_file():
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -140,7 +142,7 @@ def fit(
             optimizer, history, start = make_optimizer(params, cfg), History(), 0
             gen.manual_seed(cfg.seed)
             if aug is not gen:
-                aug.manual_seed(cfg.seed + 7919 * (rank + 1))
+                aug.manual_seed(_rank_seed(cfg.seed, rank))
     model.train()
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False)
     seen, began = 0, time.perf_counter()
@@ -170,6 +172,11 @@ def fit(
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's augmentation generator (distinct per rank, fixed by the run's seed)."""
+    return seed + 7919 * (rank + 1)
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
