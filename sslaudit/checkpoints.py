@@ -28,8 +28,10 @@ def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     order, aug = gens
     rank, ranks = distributed.world()
     _set_state(order, state["generator"], device)
+    per_rank = state.get("rank_generators") or []
+    if aug is order and per_rank:
+        raise ValueError(f"the checkpoint was written by {len(per_rank)} ranks, this run has 1")
     if aug is not order:
-        per_rank = state.get("rank_generators") or []
         if len(per_rank) != ranks:
             raise ValueError(f"the checkpoint was written by {len(per_rank) or 1} rank(s), this run has {ranks}")
         _set_state(aug, per_rank[rank], device)

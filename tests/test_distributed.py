@@ -99,3 +99,18 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_a_one_line_error(monkeypa
     with pytest.raises(ValueError, match="batch_size 7 does not split over 2 ranks; choose a multiple of 2"):
         fit(torch.nn.Linear(2, 1), lambda b, g: b[0].sum(), (torch.zeros(8, 2),),
             TrainConfig(epochs=1, batch_size=7, lr=0.1), device=torch.device("cpu"), progress=False)
+
+
+def test_a_checkpoint_of_two_ranks_is_set_aside_by_one_process(tmp_path):
+    path = tmp_path / "c.pt"
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.1)
+    data = (torch.randn(8, 2),)
+    fit(model, lambda b, g: model(b[0]).pow(2).mean(), data, cfg, device=torch.device("cpu"), progress=False,
+        checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    state["rank_generators"] = [state["generator"], state["generator"]]  # as two ranks would have written
+    torch.save(state, path)
+    with pytest.warns(RuntimeWarning, match="written by 2 ranks, this run has 1"):
+        fit(model, lambda b, g: model(b[0]).pow(2).mean(), data, cfg, device=torch.device("cpu"), progress=False,
+            checkpoint=path)
