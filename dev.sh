@@ -1,8 +1,9 @@
 #!/bin/sh
 # sslaudit set-up, demo and tests on a fresh machine (Python 3.11, pip and apt; nothing else needed).
 #   ./dev.sh demo    set up, then steal the shipped SimCLR victim (the default audit)
-#   ./dev.sh test    set up, then run the whole test suite (pytest -q); CI runs exactly this
-#   ./dev.sh test-fast  set up, then run the tests but the slow end-to-end runs (pytest -m "not slow")
+#   ./dev.sh test    set up, then run the tests but the slow end-to-end runs (pytest -m "not slow")
+#   ./dev.sh test-slow  set up, then run only the slow end-to-end runs (CI runs test, then this)
+#   ./dev.sh test-all   set up, then run every test
 #   ./dev.sh setup   only set up (.venv with the CPU build of torch, Fashion-MNIST via apt)
 set -eu
 cd "$(dirname "$0")"
@@ -32,7 +33,8 @@ setup() {
 case "${1:-}" in
     setup) setup ;;
     demo) setup; "$VENV/bin/sslaudit" steal --victim simclr --json runs/demo.json ;;
-    test) setup; "$VENV/bin/python" -m pytest -q ;;
-    test-fast) setup; "$VENV/bin/python" -m pytest -q -m "not slow" ;;
-    *) echo "usage: ./dev.sh setup|demo|test|test-fast" >&2; exit 2 ;;
+    test) setup; "$VENV/bin/python" -m pytest -q -m "not slow" ;;
+    test-slow) setup; "$VENV/bin/python" -m pytest -q -m slow ;;
+    test-all) setup; "$VENV/bin/python" -m pytest -q ;;
+    *) echo "usage: ./dev.sh setup|demo|test|test-slow|test-all" >&2; exit 2 ;;
 esac

@@ -29,8 +29,9 @@ CANDIDATES = ["8,64,3e-3", "12,64,3e-3", "12,32,2e-3", "16,64,3e-3", "60,32,1e-3
 
 
 def attack_for(spec: str) -> DirectExtraction:
-    epochs, batch, lr = spec.split(",")
-    attack = DirectExtraction(loss="mse")
+    """``epochs,batch,lr[,stolen_arch]`` (the arch defaults to the tiny convnet)."""
+    epochs, batch, lr, *arch = spec.split(",")
+    attack = DirectExtraction(loss="mse", stolen_arch=arch[0] if arch else None)
     return dataclasses.replace(attack, train=dataclasses.replace(attack.train, epochs=int(epochs),
                                                                   batch_size=int(batch), lr=float(lr)))
 
@@ -66,7 +67,7 @@ def render() -> None:
         secs = mean_interval([g["train_seconds"] for g in group])
         fmt = lambda iv, d=2: iv.format(d) + ("" if iv.n >= 3 else f" (n={iv.n})")  # noqa: E731
         table.append([task, spec.replace(",", " / "), fmt(gains[0]), fmt(gains[1]), fmt(secs, 0)])
-    notes = ("Schedule = epochs / batch / peak lr of the MSE attack (AdamW, 1 warm-up epoch, cosine), 5,000 "
+    notes = ("Schedule = epochs / batch / peak lr [/ stolen architecture, default the tiny convnet] of the MSE attack (AdamW, 1 warm-up epoch, cosine), 5,000 "
              "FMNIST-pool queries against the shipped SimCLR victim. `validation`: probes on FMNIST "
              "train[:50000] → train[50000:], used to choose; `test`: the fixed protocol, used only to confirm "
              "the chosen schedule. Train seconds: the stolen encoder's training alone.")
@@ -77,7 +78,8 @@ def render() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schedules", nargs="+", default=CANDIDATES)
+    parser.add_argument("--schedules", nargs="+", default=CANDIDATES,
+                        help="epochs,batch,lr[,stolen_arch] each, e.g. 60,32,1e-3,convnet-small")
     parser.add_argument("--confirm", default=None, help="one schedule to confirm on the test task, seeds 0 1 2")
     args = parser.parse_args()
     if args.confirm:
