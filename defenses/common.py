@@ -81,25 +81,47 @@ class PerAccount(Generic[S]):
     accounts, and each update runs under that account's lock (so concurrent calls of one account are
     serialised, different accounts run in parallel)."""
 
-    def __init__(self, factory: Callable[[], S]) -> None:
+    def __init__(self, factory: Callable[[], S], derived: bool = False) -> None:
         self._factory = factory
         self._states: dict[str, S] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.derived = derived  # a cache recomputable from the secret: never worth persisting
+        self._load: Callable[[str, S], S | None] | None = None
+        self._save: Callable[[str, S], None] | None = None
+
+    def persist(self, load: Callable[[str, S], S | None], save: Callable[[str, S], None]) -> None:
+        """Keep every account's state outside the process: ``load(account, fresh)`` gives the stored state
+        (or None) on the account's first update here, and ``save(account, state)`` runs after each update,
+        under the account's lock (a served API's state survives restarts)."""
+        self._load, self._save = load, save
 
     def update(self, account: str, fn: Callable[[S], R]) -> R:
         """``fn(state)`` under ``account``'s lock (the state is created first if new); returns its result."""
         with self._guard:
             if account not in self._states:
-                self._states[account] = self._factory()
+                stored = self._stored(account)
+                self._states[account] = self._factory() if stored is None else stored
                 self._locks[account] = threading.Lock()
-            lock, state = self._locks[account], self._states[account]
+            lock = self._locks[account]
         with lock:
-            return fn(state)
+            state = self._states[account]
+            result = fn(state)
+            if self._save:
+                self._save(account, state)
+            return result
+
+    def _stored(self, account: str) -> S | None:
+        """The persisted state of an account not yet seen by this process (the guard must be held)."""
+        return self._load(account, self._factory()) if self._load else None
 
     def peek(self, account: str) -> S | None:
         """The account's state, or None if it never queried (creates nothing)."""
         with self._guard:
+            if account not in self._states:
+                stored = self._stored(account)
+                if stored is not None:
+                    self._states[account], self._locks[account] = stored, threading.Lock()
             return self._states.get(account)
 
     def accounts(self) -> list[str]:

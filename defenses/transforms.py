@@ -144,7 +144,7 @@ class AccountTransform:
     scale: float | None = None  # affine draws only: U(-scale, scale); None: 1
     secret: DeploymentSecret | None = None
     _own: DeploymentSecret | None = field(default=None, init=False, repr=False, compare=False)
-    _maps: PerAccount[dict] = field(default_factory=lambda: PerAccount(dict), init=False, repr=False,
+    _maps: PerAccount[dict] = field(default_factory=lambda: PerAccount(dict, derived=True), init=False, repr=False,
                                     compare=False)
 
     def __post_init__(self) -> None:
@@ -213,4 +213,4 @@ class AccountTransform:
         return {k: v for k, v in self.__dict__.items() if k != "_maps"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _maps=PerAccount(dict))
+        self.__dict__.update(state, _maps=PerAccount(dict, derived=True))

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sslaudit.api import Defense, SimulatedAPI
+from sslaudit.api import Defense, RepresentationAPI, SimulatedAPI
 from sslaudit.attack import Attack
 from sslaudit.data import ImageData
 from sslaudit.evaluate import METRICS, embed_for_eval, evaluate_features, fidelity, gain_recovered, transfer_ratio
@@ -100,6 +100,7 @@ def steal_curve(
     honest: bool = False,
     secret: DeploymentSecret | None = None,
     encoders: list | None = None,
+    api: RepresentationAPI | None = None,
 ) -> list[StealResult]:
     """One result per budget from one purchase of ``max(budgets)`` queries (nested prefixes).
 
@@ -111,18 +112,24 @@ def steal_curve(
     Fidelity cosine is None for attacks whose ``victim_coordinates`` is False (CKA only).
     ``encoders``: a list that receives the stolen encoders, one per budget in budget order (a
     :class:`StealResult` holds none), e.g. to save one for ``sslaudit verify``.
+    ``api``: attack this API instead of a simulated one over ``victim.encoder`` (e.g. a
+    :class:`~sslaudit.remote.RemoteAPI`: the endpoint enforces its own budgets and defences, and the
+    report's account totals are the server's; ``defenses`` and ``honest`` need the simulated API).
     """
     budgets = sorted(set(budgets))
     began = time.perf_counter()
     v_scores = EncoderScores.from_dict(victim_scores(victim, task, progress))
-    calibration = provider_sample(task) if any(hasattr(d, "calibrate") for d in defenses) else None
-    api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret,
-                       calibration=calibration)
     shares = attack.account_budgets(budgets, ATTACKER)
+    if api is None:
+        calibration = provider_sample(task) if any(hasattr(d, "calibrate") for d in defenses) else None
+        api = SimulatedAPI(victim.encoder, defenses=defenses, price_per_1k=price_per_1k, budget=0, secret=secret,
+                           calibration=calibration)
+        for name, share in shares.items():
+            api.set_budget(name, share)
+    elif defenses or honest:
+        raise ValueError("defences and the honest user need the simulated API; configure them on the endpoint")
     if honest and HONEST in shares:
         raise ValueError(f"the attack declares the account {HONEST!r}, which the honest user's path uses")
-    for name, share in shares.items():
-        api.set_budget(name, share)
     attack_began = time.perf_counter()
     results = attack.run_curve(api, pool, budgets, seed=seed, account=ATTACKER, progress=progress,
                                equal_steps=equal_steps)
@@ -141,7 +148,7 @@ def steal_curve(
     victim_test = embed_for_eval(victim.encoder, task.test.images)
     # What the API charged, over every account the attack used (sybils use several): the figures a report
     # rests on. The honest account is not the attacker's.
-    ledgers = [led for name, led in api.ledgers().items() if not (honest and name == HONEST)]
+    ledgers = [api.ledger(name) for name in shares]  # the API gives no other account a budget
     account_total, calls = sum(led.images for led in ledgers), sum(led.calls for led in ledgers)
     charged = sum(led.cost for led in ledgers)
     state = defense_state(api)
@@ -177,7 +184,7 @@ def defense_state(api: SimulatedAPI) -> dict[str, dict[str, object]]:
     """Each served defence's ``telemetry(account)`` (B4B's coverage and σ, a detector's flag and queries to
     the alarm) for every account the API charged, keyed ``"<index>:<DefenceName>"``; empty without any."""
     out: dict[str, dict[str, object]] = {}
-    for i, defense in enumerate(api.defenses):
+    for i, defense in enumerate(getattr(api, "defenses", ())):
         if hasattr(defense, "telemetry"):
             out[f"{i}:{type(defense).__name__}"] = {name: _plain(defense.telemetry(name)) for name in api.ledgers()}
     return out

@@ -6,6 +6,7 @@
     sslaudit steal --victim simclr --attack infonce --queries 5000 --pool fashion-mnist --json out.json
     sslaudit steal --victim simclr --attack mse --save-stolen runs/stolen-mse
     sslaudit verify --victim simclr --suspect runs/stolen-mse
+    sslaudit serve --victim simclr --keys keys.toml --port 8000
 """
 from __future__ import annotations
 
@@ -128,12 +129,16 @@ def victims_list() -> None:
 @click.option("--honest/--no-honest", default=None,
               help="also score an honest account that solves the task through the (defended) API "
                    "[default: on when a --defense is given]")
+@click.option("--api-key", envvar="SSLAUDIT_API_KEY", default=None,
+              help="URL victim: the attacker's API key (or $SSLAUDIT_API_KEY)")
+@click.option("--eval-api-key", envvar="SSLAUDIT_EVAL_API_KEY", default=None,
+              help="URL victim: the key that buys the victim's features for scoring (default: --api-key)")
 @click.option("--progress/--no-progress", default=True)
 def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: bool, input_size: int | None,
           channels: int | None, mean: str | None, std: str | None, attack_spec: str, queries: str, pool: str,
           defense_specs: tuple[str, ...], stolen_arch: str | None, epochs: int | None, price: float, seed: int,
           eval_train: int | None, eval_test: int | None, json_path: Path | None, save_stolen: Path | None,
-          honest: bool | None, progress: bool) -> None:
+          api_key: str | None, eval_api_key: str | None, honest: bool | None, progress: bool) -> None:
     """Steal a victim through a simulated API and print victim vs stolen vs random-init floor."""
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.api import QueryRefused
@@ -153,16 +158,20 @@ def steal(victim_spec: str, preset: str, weights: Path | None, random_weights: b
         check_writable(json_path)
     if save_stolen:
         check_writable(save_stolen.with_suffix(".safetensors"), "--save-stolen")
-    victim = friendly(lambda: resolve_victim(victim_spec, preset, progress=progress, weights=weights, native=native,
-                                             random_weights=random_weights))
+    api = None
+    if victim_spec.startswith(("http://", "https://")):
+        api, victim = _remote_target(victim_spec, api_key, eval_api_key, bool(defense_specs) or bool(honest))
+    else:
+        victim = friendly(lambda: resolve_victim(victim_spec, preset, progress=progress, weights=weights,
+                                                 native=native, random_weights=random_weights))
     task = friendly(lambda: downstream_task(eval_train, eval_test))
     images = friendly(lambda: attack_pool(pool, size=victim.encoder.spec.size))
     click.echo(f"stealing {victim.name} with {attack_spec}, {queries} queries from {images.name}", err=True)
     encoders: list = []
     try:
         reports = steal_curve(victim, attack, images, budgets, task, defenses=defenses, price_per_1k=price,
-                              seed=seed, progress=progress, honest=bool(defense_specs) if honest is None else honest,
-                              encoders=encoders)
+                              seed=seed, progress=progress, encoders=encoders, api=api,
+                              honest=bool(defense_specs) if honest is None else honest)
     except QueryRefused as err:  # a detector with action=refuse stopped the thief: nothing was stolen
         raise click.ClickException(f"the defended API refused the attacker, so nothing was stolen: {err}") from err
     click.echo(results_table(reports))
@@ -218,6 +227,58 @@ def verify(victim_spec: str, preset: str, suspect_path: Path, watermark_file: Pa
                "tests": [v.to_dict() for v in verdicts]}
         write_atomically(json_path, json.dumps(out, indent=2))
         click.echo(f"wrote {json_path}", err=True)
+
+
+@main.command()
+@click.option("--victim", "victim_spec", default="simclr", show_default=True, help="recipe name or saved victim")
+@click.option("--preset", default="tiny", show_default=True)
+@click.option("--keys", "keys_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML keys file (accounts, budgets, rate limits, defences); the ledger is kept beside it")
+@click.option("--name", default="", help="model name in the URL (default: the victim's name)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=POSITIVE, default=8000, show_default=True)
+@click.option("--price", type=NonNegativeNumber(), default=1.0, show_default=True, help="price per 1,000 images")
+@click.option("--max-batch", type=POSITIVE, default=1024, show_default=True, help="images per request at most")
+@click.option("--new-key", "new_key_for", default=None, metavar="ACCOUNT",
+              help="print a fresh API key for ACCOUNT and its keys-file lines, then exit")
+def serve(victim_spec: str, preset: str, keys_path: Path | None, name: str, host: str, port: int, price: float,
+          max_batch: int, new_key_for: str | None) -> None:
+    """Serve a victim over the Open Inference Protocol v2 (REST), metered per API key."""
+    from sslaudit.serving.accounts import BadKeysFile, hash_key, new_key
+
+    if new_key_for:
+        key = new_key()
+        click.echo(f"API key for {new_key_for} (give it to them; it is not stored): {key}", err=True)
+        click.echo(f'[accounts.{new_key_for}]\nkey_sha256 = "{hash_key(key)}"')
+        return
+    if keys_path is None:
+        raise click.UsageError("give --keys keys.toml (make one with `sslaudit serve --new-key NAME`)")
+    from sslaudit.serving.launch import LedgerInUse, open_service, serve as run_server
+
+    try:
+        service = friendly(lambda: open_service(victim_spec, keys_path, preset=preset, name=name, price_per_1k=price,
+                                                max_batch=max_batch))
+    except (BadKeysFile, LedgerInUse) as err:
+        raise click.ClickException(str(err)) from err
+    url = f"http://{host}:{port}/v2/models/{service.name}"
+    click.echo(f"serving {service.victim.name} at {url} to {len(service.accounts)} accounts", err=True)
+    run_server(service, host=host, port=port)
+
+
+def _remote_target(url: str, api_key: str | None, eval_api_key: str | None, local_only: bool) -> tuple:
+    """The attack's API and the scored victim for a live endpoint at ``url``."""
+    from sslaudit.remote import RemoteAPI, RemoteError
+    from sslaudit.remote_victim import remote_victim
+
+    if not api_key:
+        raise click.BadParameter("a URL victim needs --api-key (or $SSLAUDIT_API_KEY)", param_hint="'--api-key'")
+    if local_only:
+        raise click.BadParameter("--defense and --honest apply to the simulated API; a live endpoint has its own",
+                                 param_hint="'--defense'")
+    try:
+        return RemoteAPI(url, api_key), remote_victim(url, eval_api_key or api_key)
+    except (RemoteError, ValueError, KeyError) as err:
+        raise click.ClickException(f"{url}: {err}") from err
 
 
 def _budgets(text: str) -> list[int]:
