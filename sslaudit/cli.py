@@ -7,6 +7,7 @@
     sslaudit steal --victim simclr --attack mse --save-stolen runs/stolen-mse
     sslaudit verify --victim simclr --suspect runs/stolen-mse
     sslaudit serve --victim simclr --keys keys.toml --port 8000
+    sslaudit audit --config audit.toml
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from sslaudit import registry
 from sslaudit.cli_options import (MIN_EVAL_TEST, AtLeast, NonNegativeNumber, OneLineGroup, Probability,
                                   build_component, check_arch, check_writable, eval_train_type, friendly,
                                   load_suspect, min_eval_train, save_stolen_encoder)
+from sslaudit.cli_audit import audit
+from sslaudit.cli_serve import serve
 from sslaudit.registry import parse_component  # noqa: F401 - re-exported: bench/ imports it from here
 
 POSITIVE = AtLeast(1)
@@ -229,42 +232,6 @@ def verify(victim_spec: str, preset: str, suspect_path: Path, watermark_file: Pa
         click.echo(f"wrote {json_path}", err=True)
 
 
-@main.command()
-@click.option("--victim", "victim_spec", default="simclr", show_default=True, help="recipe name or saved victim")
-@click.option("--preset", default="tiny", show_default=True)
-@click.option("--keys", "keys_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="TOML keys file (accounts, budgets, rate limits, defences); the ledger is kept beside it")
-@click.option("--name", default="", help="model name in the URL (default: the victim's name)")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=POSITIVE, default=8000, show_default=True)
-@click.option("--price", type=NonNegativeNumber(), default=1.0, show_default=True, help="price per 1,000 images")
-@click.option("--max-batch", type=POSITIVE, default=1024, show_default=True, help="images per request at most")
-@click.option("--new-key", "new_key_for", default=None, metavar="ACCOUNT",
-              help="print a fresh API key for ACCOUNT and its keys-file lines, then exit")
-def serve(victim_spec: str, preset: str, keys_path: Path | None, name: str, host: str, port: int, price: float,
-          max_batch: int, new_key_for: str | None) -> None:
-    """Serve a victim over the Open Inference Protocol v2 (REST), metered per API key."""
-    from sslaudit.serving.accounts import BadKeysFile, hash_key, new_key
-
-    if new_key_for:
-        key = new_key()
-        click.echo(f"API key for {new_key_for} (give it to them; it is not stored): {key}", err=True)
-        click.echo(f'[accounts.{new_key_for}]\nkey_sha256 = "{hash_key(key)}"')
-        return
-    if keys_path is None:
-        raise click.UsageError("give --keys keys.toml (make one with `sslaudit serve --new-key NAME`)")
-    from sslaudit.serving.launch import LedgerInUse, open_service, serve as run_server
-
-    try:
-        service = friendly(lambda: open_service(victim_spec, keys_path, preset=preset, name=name, price_per_1k=price,
-                                                max_batch=max_batch))
-    except (BadKeysFile, LedgerInUse) as err:
-        raise click.ClickException(str(err)) from err
-    url = f"http://{host}:{port}/v2/models/{service.name}"
-    click.echo(f"serving {service.victim.name} at {url} to {len(service.accounts)} accounts", err=True)
-    run_server(service, host=host, port=port)
-
-
 def _remote_target(url: str, api_key: str | None, eval_api_key: str | None, local_only: bool) -> tuple:
     """The attack's API and the scored victim for a live endpoint at ``url``."""
     from sslaudit.remote import RemoteAPI, RemoteError
@@ -318,6 +285,9 @@ def _build_attack(spec: str, stolen_arch: str | None, epochs: int | None) -> obj
         attack = attack.with_epochs(epochs)
     return attack
 
+
+main.add_command(serve)
+main.add_command(audit)
 
 if __name__ == "__main__":
     sys.exit(main())

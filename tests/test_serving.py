@@ -86,9 +86,15 @@ def _bad_requests():
         ("out of range", dict(json=out_of_range, headers=auth("alice")), 400, "[0, 1]"),
         ("oversize batch", dict(json=too_many, headers=auth("alice")), 413, "at most 64"),
         ("bad JSON", dict(content=b"{inputs: [", headers=auth("alice")), 400, "not JSON"),
+        ("huge id", dict(json={**good, "id": "x" * 500}, headers=auth("alice")), 400, "\"id\""),
+        ("binary size lies", dict(content=json.dumps({"inputs": [{**good["inputs"][0], "data": None,
+                                  "parameters": {"binary_data_size": 99}}]}).encode(),
+                                  headers={**auth("alice"), "Inference-Header-Content-Length": "10"}), 400, "body"),
         ("missing key", dict(json=good), 401, "Authorization"),
         ("wrong key", dict(json=good, headers={"Authorization": "Bearer sk-nobody"}), 401, "unknown API key"),
         ("body over the limit", dict(content=b"x" * (3 << 20), headers=auth("alice")), 413, "bytes"),
+        ("largest batch as JSON fits", dict(json=infer_json(torch.rand(64, 1, 28, 28)), headers=auth("alice")),
+         200, ""),
     ]
 
 
@@ -98,6 +104,8 @@ def test_bad_requests_get_their_4xx_and_the_server_keeps_serving(server, case, k
     response = httpx.post(url, **kwargs)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
+    if status == 200:  # the control: a full-size JSON batch is not refused as too large
+        return
     assert words in response.json()["error"]
     ok = httpx.post(url, json=infer_json(torch.rand(2, 1, 28, 28)), headers=auth("alice"))
     assert ok.status_code == 200 and len(ok.json()["outputs"][0]["data"]) == 2 * tiny_victim().encoder.dim
@@ -204,3 +212,44 @@ def test_defence_state_survives_a_restart(tmp_path, spec):
     body = json.dumps(infer_json(torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(9))))
     again.infer(again.authenticate("Bearer sk-eve"), body.encode(), None)
     assert telemetry(again) != before
+
+
+def test_cli_new_key_prints_a_keys_file_entry_that_loads(tmp_path):
+    from click.testing import CliRunner
+
+    from sslaudit.cli import main
+
+    out = CliRunner().invoke(main, ["serve", "--new-key", "zoe"])
+    assert out.exit_code == 0
+    key = out.stderr.split(": ")[-1].strip()
+    (tmp_path / "keys.toml").write_text(out.stdout)
+    (account,) = load_accounts(tmp_path / "keys.toml")
+    assert account.name == "zoe" and key.startswith("sk-") and key not in out.stdout
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[accounts.x]\nkey_sha256 = 'abc'\n", "64 lowercase hex"),
+    ("[accounts.x]\nkey_sha256 = '" + "a" * 64 + "'\nbudget = -1\n", "budget must be"),
+    ("[accounts.x]\nkey_sha256 = '" + "a" * 64 + "'\nbugdet = 5\n", "unknown settings"),
+    ("[accounts.x]\nkey_sha256 = '" + "a" * 64 + "'\ndefenses = ['nope']\n", "nope"),
+    ("not toml [", "not valid TOML"),
+    ("", "no [accounts.NAME]"),
+])
+def test_cli_serve_refuses_a_bad_keys_file_in_one_line(tmp_path, text, words):
+    from click.testing import CliRunner
+
+    from sslaudit.cli import main
+
+    (tmp_path / "keys.toml").write_text(text)
+    out = CliRunner().invoke(main, ["serve", "--keys", str(tmp_path / "keys.toml")])
+    assert out.exit_code != 0 and words in out.output and "Traceback" not in out.output
+    assert len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_cli_url_victim_needs_an_api_key():
+    from click.testing import CliRunner
+
+    from sslaudit.cli import main
+
+    out = CliRunner(env={"SSLAUDIT_API_KEY": None}).invoke(main, ["steal", "--victim", "http://127.0.0.1:9/v2/models/m"])
+    assert out.exit_code != 0 and "--api-key" in out.output

@@ -48,9 +48,10 @@ def _header_length(request: Request) -> int | None:
 
 
 def create_app(service: InferenceService, max_body: int | None = None) -> FastAPI:
-    """The OIP v2 app serving ``service`` (``max_body``: default 2x the largest binary batch, plus 1 MiB)."""
+    """The OIP v2 app serving ``service`` (``max_body``: default the largest batch as JSON text, at 24 bytes a
+    value (a float32's shortest repr and a comma), plus 1 MiB)."""
     spec = service.spec
-    limit = max_body or 2 * service.max_batch * spec.channels * spec.size * spec.size * 4 + (1 << 20)
+    limit = max_body or 24 * service.max_batch * spec.channels * spec.size * spec.size + (1 << 20)
     app = FastAPI(title="sslaudit", version=service.server_metadata()["version"], docs_url=None, redoc_url=None)
 
     @app.exception_handler(ProtocolError)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_ID = 128  # request ids are stored with the answer they paid for: bounded
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2"), "UINT8": np.dtype("u1"),
           "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
 
@@ -101,7 +102,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     binary = bool((doc.get("parameters") or {}).get("binary_data_output")) or any(
         isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") for o in outputs)
     request_id = doc.get("id")
-    return InferRequest(None if request_id is None else str(request_id), tensors, binary)
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID):
+        raise ProtocolError(400, f"\"id\" must be a string of 1 to {MAX_ID} characters")
+    return InferRequest(request_id, tensors, binary)
 
 
 def encode_tensors(tensors: dict[str, torch.Tensor], *, binary: bool, extra: dict | None = None,
