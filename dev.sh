@@ -18,14 +18,20 @@ apt_install() {
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
-setup() {
-    if [ ! -x "$VENV/bin/sslaudit" ] || [ pyproject.toml -nt "$VENV/bin/sslaudit" ]; then
-        "$PYTHON" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
+setup() {  # $1: the package extras to install as well ("" for the demo, "test" for the tests)
+    stamp="$VENV/.installed${1:+-$1}"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" 2>/dev/null \
+            || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
         # torch 2.13.0 is the CPU build (a local wheel here); an unpinned torch pulls a 5 GB CUDA build.
         "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
-        touch "$VENV/bin/sslaudit"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e ".${1:+[$1]}"
+        touch "$stamp"
     fi
+    dataset
+}
+
+dataset() {
     if [ -z "${SSLAUDIT_DATA:-}" ] && [ ! -f "$FMNIST" ]; then
         echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
         apt_install dataset-fashion-mnist
@@ -34,22 +40,22 @@ setup() {
 
 ZOO=${ZOO:-.venv-zoo}
 setup_zoo() {
-    setup  # the dataset
-    if [ ! -x "$ZOO/bin/sslaudit" ] || [ pyproject.toml -nt "$ZOO/bin/sslaudit" ]; then
-        "$PYTHON" -m venv "$ZOO"
+    dataset
+    if [ ! -f "$ZOO/.installed-zoo" ] || [ pyproject.toml -nt "$ZOO/.installed-zoo" ]; then
+        [ -x "$ZOO/bin/python" ] || "$PYTHON" -m venv "$ZOO"
         # torchvision from PyPI does not import beside the 2.13.0 CPU file; this pair does (a CUDA build).
         "$ZOO/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
         "$ZOO/bin/pip" install -q --disable-pip-version-check -e '.[test,zoo]'
-        touch "$ZOO/bin/sslaudit"
+        touch "$ZOO/.installed-zoo"
     fi
 }
 
 case "${1:-}" in
-    setup) setup ;;
-    demo) setup; "$VENV/bin/sslaudit" steal --victim simclr --json runs/demo.json ;;
-    test) setup; "$VENV/bin/python" -m pytest -q -m "not slow" ;;
-    test-slow) setup; "$VENV/bin/python" -m pytest -q -m slow ;;
-    test-all) setup; "$VENV/bin/python" -m pytest -q ;;
+    setup) setup test ;;
+    demo) setup ""; "$VENV/bin/sslaudit" steal --victim simclr --json runs/demo.json ;;
+    test) setup test; "$VENV/bin/python" -m pytest -q -m "not slow" ;;
+    test-slow) setup test; "$VENV/bin/python" -m pytest -q -m slow ;;
+    test-all) setup test; "$VENV/bin/python" -m pytest -q ;;
     test-zoo) setup_zoo; "$ZOO/bin/python" -m pytest -q -m zoo ;;
     *) echo "usage: ./dev.sh setup|demo|test|test-slow|test-all|test-zoo" >&2; exit 2 ;;
 esac
