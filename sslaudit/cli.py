@@ -23,6 +23,7 @@ from sslaudit.cli_options import (MIN_EVAL_TEST, AtLeast, NonNegativeNumber, One
                                   build_component, check_arch, check_writable, eval_train_type, friendly,
                                   load_suspect, min_eval_train, save_stolen_encoder)
 from sslaudit.cli_audit import audit
+from sslaudit.cli_report import report
 from sslaudit.cli_serve import serve
 from sslaudit.registry import parse_component  # noqa: F401 - re-exported: bench/ imports it from here
 
@@ -288,6 +289,7 @@ def _build_attack(spec: str, stolen_arch: str | None, epochs: int | None) -> obj
 
 main.add_command(serve)
 main.add_command(audit)
+main.add_command(report)
 
 if __name__ == "__main__":
     sys.exit(main())

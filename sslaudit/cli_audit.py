@@ -57,10 +57,7 @@ def audit(config_path: Path | None, example: bool, store_path: Path | None, exec
                f"{summary['wall_seconds']:.0f} s", err=True)
     out = out_dir or store.path.parent
     paths = {kind: out / f"{store.path.stem}.{kind}" for kind in ("html", "md", "json")}
-    try:
-        from sslaudit.report.audit_json import write_audit_reports
-    except ImportError:  # the report module is optional at this stage: the store holds everything
-        click.echo("reports skipped: sslaudit.report.audit_json is not available", err=True)
-        return
+    from sslaudit.report.audit_json import write_audit_reports
+
     write_audit_reports(store.audit_document(summary["keys"]), **paths)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
