@@ -49,7 +49,8 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
-def one_request(mode: str, images: torch.Tensor, http: httpx.Client, url: str, api: SimulatedAPI) -> torch.Tensor:
+def one_request(mode: str, images: torch.Tensor, http: httpx.Client | None, url: str,
+                api: SimulatedAPI) -> torch.Tensor:
     if mode == "in-process":
         return api.query(images, "bench")
     body, length = encode_infer_request({"images": images}, binary=mode == "http-binary")
@@ -60,7 +61,7 @@ def one_request(mode: str, images: torch.Tensor, http: httpx.Client, url: str, a
     return decode_infer_response(response.content, int(header) if header else None)["features"]
 
 
-def measure(mode: str, batch: int, seconds: float, http: httpx.Client, url: str, api: SimulatedAPI) -> dict:
+def measure(mode: str, batch: int, seconds: float, http: httpx.Client | None, url: str, api: SimulatedAPI) -> dict:
     gen = torch.Generator().manual_seed(batch)
     for _ in range(3):  # warm-up
         one_request(mode, torch.rand(batch, 1, 28, 28, generator=gen), http, url, api)
@@ -82,17 +83,22 @@ def run(batches: list[int], repeats: int, seconds: float, port: int) -> None:
     victim = resolve_victim("simclr", progress=False)
     api = SimulatedAPI(victim.encoder, device=torch.device("cpu"))
     JSONL.unlink(missing_ok=True)  # a short run: measured afresh each time, on one machine
+    url = f"http://127.0.0.1:{port}/v2/models/simclr/infer"
+
+    def sweep(modes: tuple[str, ...], http: httpx.Client | None) -> None:
+        for repeat in range(repeats):
+            for batch in batches:
+                for mode in modes:
+                    row = {"mode": mode, "batch": batch, "repeat": repeat,
+                           **measure(mode, batch, seconds, http, url, api)}
+                    append_row(JSONL, row)
+                    print(row, flush=True)
+
+    sweep(MODES[:1], None)  # in process first, with no server alive: its idle threads would compete
     with tempfile.TemporaryDirectory() as folder, httpx.Client(timeout=120) as http:
         server = start_server(Path(folder), port)
         try:
-            url = f"http://127.0.0.1:{port}/v2/models/simclr/infer"
-            for repeat in range(repeats):
-                for batch in batches:
-                    for mode in MODES:
-                        row = {"mode": mode, "batch": batch, "repeat": repeat,
-                               **measure(mode, batch, seconds, http, url, api)}
-                        append_row(JSONL, row)
-                        print(row, flush=True)
+            sweep(MODES[1:], http)
         finally:
             server.terminate()
     render()
@@ -110,7 +116,7 @@ def render() -> None:
                 table.append([str(batch), mode, *cells, str(len(group))])
     notes = ("The shipped SimCLR victim (tiny convnet, 1x28x28 in, 256-d out) served by `sslaudit serve` (FastAPI + "
              "uvicorn, one process) on 127.0.0.1 to one client (httpx, keep-alive) sending batches back to back; "
-             "`in-process` calls `SimulatedAPI.query` in the client's process. Each cell: mean over the repeats "
+             "`in-process` calls `SimulatedAPI.query` in the client's process, measured before the server starts. Each cell: mean over the repeats "
              "with a 95 % interval; latency per request, client side. Server and client share the CPU.")
     write_markdown(RESULTS / "serve.md", "Serving over HTTP vs in process",
                    format_table(["batch", "mode", "images/s", "p50 ms", "p99 ms", "repeats"], table,
