@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import secrets
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterator
@@ -36,10 +37,12 @@ def cell_key(cell: Cell, victim_digest: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def run_cell(cell: dict, threads: int, progress: bool = False) -> tuple[dict, float]:
-    """Steal once as ``cell`` says (in this process, with ``threads`` torch threads): result dict, seconds."""
+def run_cell(cell: dict, threads: int, secret: str, progress: bool = False) -> tuple[dict, float]:
+    """Steal once as ``cell`` says (in this process, with ``threads`` torch threads, the defences keyed by the
+    audit's ``secret`` in hex): the result dict and the seconds it took."""
     from sslaudit import registry
     from sslaudit.audit import steal
+    from sslaudit.secret import DeploymentSecret
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.zoo import resolve_victim
 
@@ -53,7 +56,7 @@ def run_cell(cell: dict, threads: int, progress: bool = False) -> tuple[dict, fl
     defenses = [registry.build("defense", spec) for spec in c.defenses]
     result = steal(victim, attack, attack_pool(c.pool, size=victim.encoder.spec.size), c.budget,
                    downstream_task(c.eval_train, c.eval_test), defenses=defenses, price_per_1k=c.price_per_1k,
-                   seed=c.seed, progress=progress, honest=bool(defenses))
+                   seed=c.seed, progress=progress, honest=bool(defenses), secret=DeploymentSecret.from_hex(secret))
     return result.to_dict(), time.perf_counter() - began
 
 
@@ -65,24 +68,24 @@ def victim_digests(config: AuditConfig) -> dict[str, str]:
     return {name: encoder_digest(resolve_victim(name, progress=True).encoder) for name in config.victims}
 
 
-def _local(todo: list[tuple[str, Cell]], workers: int, threads: int, progress: bool) -> Iterator[Done]:
+def _local(todo: list[tuple[str, Cell]], workers: int, threads: int, secret: str, progress: bool) -> Iterator[Done]:
     context = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_cell, cell.to_dict(), threads, progress and workers == 1): key
+        futures = {pool.submit(run_cell, cell.to_dict(), threads, secret, progress and workers == 1): key
                    for key, cell in todo}
         for future in as_completed(futures):
             result, seconds = future.result()
             yield futures[future], result, seconds
 
 
-def _ray(todo: list[tuple[str, Cell]], threads: int, address: str | None) -> Iterator[Done]:
+def _ray(todo: list[tuple[str, Cell]], threads: int, secret: str, address: str | None) -> Iterator[Done]:
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     gpus = 1 if torch.cuda.is_available() else 0
     task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(run_cell)
-    pending = {task.remote(cell.to_dict(), threads): key for key, cell in todo}
+    pending = {task.remote(cell.to_dict(), threads, secret): key for key, cell in todo}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         result, seconds = ray.get(ready[0])
@@ -103,7 +106,11 @@ def run_audit(config: AuditConfig, store: ResultStore, *, executor: str = "local
     machine = {k: v for k, v in run_info(seed=0, wall_seconds=0).items() if k not in ("seed", "wall_seconds")}
     store.set_meta(name=config.name, price_per_1k=config.price_per_1k, config=config.raw, machine=machine,
                    created=machine["finished"])
-    runs = _ray(todo, threads, ray_address) if executor == "ray" else _local(todo, workers, threads, progress)
+    # The defences' secret: drawn once per store and kept in it (never in a report), so every executor and
+    # every resume serves each cell the same noise, and the attack code never sees it.
+    secret = str(store.meta_once("secret", secrets.token_hex(32)))
+    runs = (_ray(todo, threads, secret, ray_address) if executor == "ray"
+            else _local(todo, workers, threads, secret, progress))
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"audit {config.name}", unit="cell",
               disable=not progress, position=0) as bar:
         for key, result, seconds in runs:

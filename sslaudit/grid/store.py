@@ -55,6 +55,11 @@ class ResultStore:
         self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                [(k, _dumps(v)) for k, v in values.items()])
 
+    def meta_once(self, name: str, value: object) -> object:
+        """The stored ``name``, or ``value`` stored now if there is none (atomic: concurrent audits agree)."""
+        self._conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, _dumps(value)))
+        return json.loads(self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
+
     def meta(self) -> dict:
         return {name: json.loads(value) for name, value in self._conn.execute("SELECT name, value FROM meta")}
 
