@@ -103,6 +103,17 @@ def test_a_rerun_skips_finished_cells_and_reports_the_same_numbers(needs_fmnist,
 
 
 @pytest.mark.slow
+def test_ownership_verdicts_ride_with_each_cell(needs_fmnist, tiny_victim_path, tmp_path):
+    text = config_text(str(tiny_victim_path), ownership=True).replace('seeds = [0, 1]', 'seeds = [0]').replace(
+        'defenses = ["none", "noise:sigma=0.5"]', 'defenses = ["none"]')
+    store = ResultStore(tmp_path / "audit.sqlite")
+    run_audit(parse_config(tomllib.loads(text)), store, progress=False)
+    (cell,) = store.audit_document()["cells"]
+    (verdict,) = cell["ownership"]
+    assert verdict["test"] == "dataset-inference" and 0 <= verdict["p_value"] <= 1
+
+
+@pytest.mark.slow
 def test_kill_9_mid_audit_loses_only_the_cell_in_flight(needs_fmnist, tiny_victim_path, tmp_path):
     (tmp_path / "audit.toml").write_text(config_text(str(tiny_victim_path), store=str(tmp_path / "audit.sqlite")))
     cmd = [sys.executable, "-m", "sslaudit.cli", "audit", "--config", str(tmp_path / "audit.toml"), "--no-progress",

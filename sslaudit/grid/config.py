@@ -30,11 +30,12 @@ seeds = [0, 1]
 # epochs = 10                                 # override every attack's epochs (quick audits)
 # eval_train = 2000                           # probe on fewer labels (quick audits; default: all 60,000)
 # eval_test = 1000
+# ownership = false                           # also run dataset inference on every stolen encoder (p-values)
 # workers = 1                                 # local processes running cells at once
 # store = "audit.sqlite"                      # default: the cache directory's audits/NAME.sqlite
 """
 KNOWN = {"name", "victims", "defenses", "attacks", "budgets", "seeds", "pool", "price_per_1k", "epochs",
-         "eval_train", "eval_test", "workers", "store"}
+         "eval_train", "eval_test", "workers", "store", "ownership"}
 
 
 class BadAuditConfig(ValueError):
@@ -55,6 +56,7 @@ class Cell:
     epochs: int | None = None
     eval_train: int | None = None
     eval_test: int | None = None
+    ownership: bool = False  # dataset inference (and the watermark test, if the victim has one) on the copy
 
     @property
     def defenses(self) -> list[str]:
@@ -79,11 +81,13 @@ class AuditConfig:
     eval_test: int | None = None
     workers: int = 1
     store: str | None = None
+    ownership: bool = False
     raw: dict = field(default_factory=dict, compare=False)
 
     def cells(self) -> list[Cell]:
         """Every cell, victims outermost and seeds innermost (the order they run in)."""
-        return [Cell(v, d, a, b, s, self.pool, self.price_per_1k, self.epochs, self.eval_train, self.eval_test)
+        return [Cell(v, d, a, b, s, self.pool, self.price_per_1k, self.epochs, self.eval_train, self.eval_test,
+                     self.ownership)
                 for v in self.victims for d in self.defenses for a in self.attacks for b in self.budgets
                 for s in self.seeds]
 
@@ -103,6 +107,13 @@ def _optional(table: dict, name: str, kind: type | tuple, minimum: float) -> obj
     value = table.get(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value < minimum):
         raise BadAuditConfig(f"[audit] {name} must be a number >= {minimum:g}; got {value!r}")
+    return value
+
+
+def _flag(table: dict, name: str) -> bool:
+    value = table.get(name, False)
+    if not isinstance(value, bool):
+        raise BadAuditConfig(f"[audit] {name} must be true or false; got {value!r}")
     return value
 
 
@@ -150,7 +161,7 @@ def parse_config(doc: dict) -> AuditConfig:
                            is not None else 1.0),
         epochs=_optional(table, "epochs", int, 1), eval_train=_optional(table, "eval_train", int, 100),
         eval_test=_optional(table, "eval_test", int, 100), workers=int(_optional(table, "workers", int, 1) or 1),
-        store=table.get("store"), raw=doc)
+        store=table.get("store"), ownership=_flag(table, "ownership"), raw=doc)
 
 
 def load_config(path: str | Path) -> AuditConfig:

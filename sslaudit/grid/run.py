@@ -11,13 +11,15 @@ local processes or Ray, so both give the same numbers for the same seeds on the 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 import json
 import multiprocessing
 import os
 import secrets
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -32,7 +34,8 @@ Done = tuple[str, dict, float]  # key, result, wall seconds
 
 def cell_key(cell: Cell, victim_digest: str) -> str:
     """The content address of ``cell``: its settings, the victim's weights and the deciding versions."""
-    payload = {"cell": cell.to_dict(), "victim": victim_digest, "sslaudit": sslaudit.__version__,
+    settings = {k: v for k, v in cell.to_dict().items() if k != "ownership" or v}  # stores made before it keep keys
+    payload = {"cell": settings, "victim": victim_digest, "sslaudit": sslaudit.__version__,
                "torch": ".".join(torch.__version__.split(".")[:2])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -41,7 +44,7 @@ def run_cell(cell: dict, threads: int, secret: str, progress: bool = False) -> t
     """Steal once as ``cell`` says (in this process, with ``threads`` torch threads, the defences keyed by the
     audit's ``secret`` in hex): the result dict and the seconds it took."""
     from sslaudit import registry
-    from sslaudit.audit import steal
+    from sslaudit.audit import steal_curve
     from sslaudit.secret import DeploymentSecret
     from sslaudit.tasks import attack_pool, downstream_task
     from sslaudit.zoo import resolve_victim
@@ -54,10 +57,32 @@ def run_cell(cell: dict, threads: int, secret: str, progress: bool = False) -> t
     if c.epochs:
         attack = attack.with_epochs(c.epochs)
     defenses = [registry.build("defense", spec) for spec in c.defenses]
-    result = steal(victim, attack, attack_pool(c.pool, size=victim.encoder.spec.size), c.budget,
-                   downstream_task(c.eval_train, c.eval_test), defenses=defenses, price_per_1k=c.price_per_1k,
-                   seed=c.seed, progress=progress, honest=bool(defenses), secret=DeploymentSecret.from_hex(secret))
-    return result.to_dict(), time.perf_counter() - began
+    encoders: list = []
+    (result,) = steal_curve(victim, attack, attack_pool(c.pool, size=victim.encoder.spec.size), [c.budget],
+                            downstream_task(c.eval_train, c.eval_test), defenses=defenses,
+                            price_per_1k=c.price_per_1k, seed=c.seed, progress=progress, honest=bool(defenses),
+                            secret=DeploymentSecret.from_hex(secret), encoders=encoders)
+    out = result.to_dict()
+    if c.ownership:
+        out["ownership"] = [asdict(v) for v in ownership_verdicts(c.victim, victim, encoders[0])]
+    return out, time.perf_counter() - began
+
+
+def ownership_verdicts(victim_spec: str, victim: Any, stolen: Any) -> list:
+    """Dataset inference on the stolen encoder, and the watermark test when the victim has a watermark head
+    saved beside it (``VICTIM.watermark.safetensors``, as ``sslaudit verify`` finds it)."""
+    from sslaudit.ownership.dataset_inference import dataset_inference, default_splits
+    from sslaudit.ownership.watermark import load_watermark, watermark_path
+    from sslaudit.ownership.watermark_verify import watermark_verdicts
+
+    fit, evaluate, public = default_splits()
+    verdicts = [dataset_inference(stolen, fit, evaluate, public)]
+    saved = victim_spec if Path(victim_spec).with_suffix(".json").is_file() else victim.card.get("saved_to")
+    head_file = watermark_path(saved) if saved else None
+    head = load_watermark(head_file) if head_file and head_file.is_file() else None
+    if head is not None and head.dims[0] == stolen.dim:
+        verdicts += watermark_verdicts(stolen, head, public)
+    return verdicts
 
 
 def victim_digests(config: AuditConfig) -> dict[str, str]:

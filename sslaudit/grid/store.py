@@ -64,10 +64,17 @@ class ResultStore:
         return {name: json.loads(value) for name, value in self._conn.execute("SELECT name, value FROM meta")}
 
     def cells(self, keys: set[str] | None = None) -> list[dict]:
-        """Stored cells in the order they finished: the cell's fields, ``key``, ``wall_seconds``, ``result``."""
+        """Stored cells in the order they finished: the cell's fields, ``key``, ``wall_seconds``, ``result``
+        and, where the audit ran them, ``ownership`` (the verdicts' dicts)."""
         rows = self._conn.execute("SELECT key, cell, result, wall_seconds FROM cells ORDER BY finished, key")
-        return [{"key": key, **json.loads(cell), "wall_seconds": wall, "result": json.loads(result)}
-                for key, cell, result, wall in rows if keys is None or key in keys]
+        out = []
+        for key, cell, result, wall in rows:
+            if keys is None or key in keys:
+                found = json.loads(result)
+                verdicts = found.pop("ownership", None)  # the report reads them beside the result
+                out.append({"key": key, **json.loads(cell), "wall_seconds": wall, "result": found,
+                            **({"ownership": verdicts} if verdicts is not None else {})})
+        return out
 
     def audit_document(self, keys: set[str] | None = None) -> dict:
         """The report's input: the stored meta and every cell (or those in ``keys``)."""
