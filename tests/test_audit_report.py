@@ -82,6 +82,14 @@ def test_summary_says_when_no_defence_stops_the_thief() -> None:
     assert "recovers 0.60 ±" in paragraph and "honest users lose 20.0" in paragraph
 
 
+def test_summary_does_not_credit_a_defence_when_nothing_needed_stopping() -> None:
+    doc = audit_doc(sweep("mse", {5000: [0.3, 0.35, 0.25]})
+                    + sweep("mse", {5000: [0.1, 0.15, 0.12]}, defense="noise:sigma=2.0", utility=0.8))
+    (paragraph,) = analyse(doc).summary
+    assert "no defence is needed to stop them" in paragraph and "honest users lose 20.0" in paragraph
+    assert "stops them (" not in paragraph
+
+
 def test_an_ordering_is_stated_only_where_intervals_separate() -> None:
     apart = audit_doc(sweep("a", {500: [0.9, 0.91, 0.92]}) + sweep("b", {500: [0.3, 0.31, 0.32]}))
     close = audit_doc(sweep("a", {500: [0.9, 0.6, 0.99]}) + sweep("b", {500: [0.8, 0.7, 0.9]}))

@@ -60,12 +60,16 @@ def _cost_phrase(cost: Interval | None) -> str:
     return f"while {honest_cost_phrase(cost)}" if cost is not None else f"but {honest_cost_phrase(cost)}"
 
 
-def _defense_sentence(defended: Sequence[CellGroup]) -> str:
+def _defense_sentence(defended: Sequence[CellGroup], undefended: Sequence[CellGroup]) -> str:
     by_defense: dict[str, list[CellGroup]] = {}
     for group in defended:
         by_defense.setdefault(group.defense, []).append(group)
     if not by_defense:
         return "The audit tried no defence."
+    if undefended and gain(strongest(undefended)) < STOPPING_GAIN:  # nothing to stop: say what defences cost
+        costs = "; ".join(f"{d}: {honest_cost_phrase(honest_cost_points(gs))}" for d, gs in by_defense.items())
+        return (f"With no attack reaching half the gain undefended at these budgets, no defence is needed to "
+                f"stop them; what each defence tried costs anyway: {costs}.")
     best_attack = {d: strongest(gs) for d, gs in by_defense.items()}
     stopping = [d for d, best in best_attack.items() if gain(best) < STOPPING_GAIN]
     if not stopping:
@@ -94,5 +98,6 @@ def executive_summary(groups: Sequence[CellGroup], price_per_1k: float) -> list[
         mine = [g for g in groups if g.victim == victim]
         undefended = [g for g in mine if not g.defended]
         defended = [g for g in mine if g.defended]
-        paragraphs.append(f"{_clone_sentence(victim, undefended, price_per_1k)} {_defense_sentence(defended)}")
+        paragraphs.append(f"{_clone_sentence(victim, undefended, price_per_1k)} "
+                          f"{_defense_sentence(defended, undefended)}")
     return paragraphs
