@@ -271,7 +271,7 @@ def test_header_marker_and_nothing_heavy_when_unused(pytester):
 
 
 def test_the_api_factory_builds_defended_metered_apis(pytester):
-    pytester.makepyfile(test_api="""
+    pytester.makepyfile(test_plugin_api_factory="""
         import types
 
         import pytest
