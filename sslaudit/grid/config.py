@@ -10,11 +10,12 @@ list of specs served as a chain. ``sslaudit audit --example`` prints :data:`EXAM
 """
 from __future__ import annotations
 
-import tomllib
+import tomllib  # noqa: F401 - the doctest parses the example with it
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sslaudit import registry
+from sslaudit.tomlfile import read_toml
 
 EXAMPLE = """\
 # sslaudit audit --config audit.toml: every combination below is one cell, stored when done.
@@ -157,8 +158,7 @@ def parse_config(doc: dict) -> AuditConfig:
         defenses=[_defense(d) for d in defenses],
         attacks=[_check("attack", a, "attacks") for a in _list(table, "attacks", str)],
         budgets=sorted(set(budgets)), seeds=sorted(set(seeds)), pool=pool,
-        price_per_1k=float(table.get("price_per_1k", 1.0) if _optional(table, "price_per_1k", (int, float), 0)
-                           is not None else 1.0),
+        price_per_1k=float(_optional(table, "price_per_1k", (int, float), 0) if "price_per_1k" in table else 1.0),
         epochs=_optional(table, "epochs", int, 1), eval_train=_optional(table, "eval_train", int, 100),
         eval_test=_optional(table, "eval_test", int, 100), workers=int(_optional(table, "workers", int, 1) or 1),
         store=table.get("store"), ownership=_flag(table, "ownership"), raw=doc)
@@ -166,11 +166,4 @@ def parse_config(doc: dict) -> AuditConfig:
 
 def load_config(path: str | Path) -> AuditConfig:
     """Read and check the audit config at ``path``."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise BadAuditConfig(f"no audit config at {path}; `sslaudit audit --example > {path}` writes one") from err
-    except tomllib.TOMLDecodeError as err:
-        raise BadAuditConfig(f"{path} is not valid TOML: {err}") from err
-    return parse_config(doc)
+    return parse_config(read_toml(path, BadAuditConfig, f"`sslaudit audit --example > {path}` writes one"))

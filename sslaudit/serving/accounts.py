@@ -26,9 +26,10 @@ import math
 import secrets
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sslaudit.tomlfile import read_toml
 
 ALLOWED = {"key_sha256", "budget", "rate_limit", "burst", "defenses"}
 
@@ -72,12 +73,7 @@ def _setting(path: Path, where: str, table: dict, name: str, kind: type, minimum
 def load_accounts(path: str | Path) -> list[Account]:
     """The accounts of the keys file at ``path`` (:class:`BadKeysFile` with a one-line reason otherwise)."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise BadKeysFile(f"no keys file at {path}; create one (see `sslaudit serve --help`)") from err
-    except tomllib.TOMLDecodeError as err:
-        raise BadKeysFile(f"{path} is not valid TOML: {err}") from err
+    doc = read_toml(path, BadKeysFile, "create one with `sslaudit serve --new-key NAME > keys.toml`")
     defaults, tables = doc.get("defaults", {}), doc.get("accounts", {})
     if not isinstance(tables, dict) or not tables:
         raise BadKeysFile(f"{path} has no [accounts.NAME] tables; add one with a key_sha256")
