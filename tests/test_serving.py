@@ -253,3 +253,16 @@ def test_cli_url_victim_needs_an_api_key():
 
     out = CliRunner(env={"SSLAUDIT_API_KEY": None}).invoke(main, ["steal", "--victim", "http://127.0.0.1:9/v2/models/m"])
     assert out.exit_code != 0 and "--api-key" in out.output
+
+
+def test_expired_answers_are_swept_while_serving(tmp_path, monkeypatch):
+    import sslaudit.serving.ledger_db as ledger_db
+
+    db = LedgerDB(tmp_path / "l.sqlite")
+    db.commit(db.reserve("a", 1, budget=None, request_id="old"), b"1234", seconds=0.0)
+    monkeypatch.setattr(ledger_db, "PRUNE_EVERY", 2)
+    now = ledger_db.time.time()
+    monkeypatch.setattr(ledger_db.time, "time", lambda: now + ledger_db.REPLAY_SECONDS + 1)
+    db.commit(db.reserve("a", 1, budget=None, request_id="new"), b"5678", seconds=0.0)
+    assert db.replay("a", "old") is None and db.replay("a", "new") == b"5678"
+    assert db.usage("a")["images"] == 2  # sweeping answers never touches what was charged

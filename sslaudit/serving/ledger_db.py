@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS answers (account TEXT NOT NULL, request_id TEXT NOT N
     body BLOB NOT NULL, created REAL NOT NULL, PRIMARY KEY (account, request_id));
 """
 REPLAY_SECONDS = 24 * 3600  # how long a paid answer can be fetched again under its request id
+PRUNE_EVERY = 1000  # charges between two sweeps of expired answers
 
 
 class BudgetExhausted(RuntimeError):
@@ -50,6 +51,7 @@ class LedgerDB:
         self.path = str(path)
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._commits = 0
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")  # a committed charge survives a power cut
@@ -100,6 +102,9 @@ class LedgerDB:
             if request_id is not None:
                 conn.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
                              (account, request_id, images, body, time.time()))
+            self._commits += 1
+            if self._commits % PRUNE_EVERY == 0:  # a long-running server does not keep answers forever
+                conn.execute("DELETE FROM answers WHERE created < ?", (time.time() - REPLAY_SECONDS,))
         self._transaction(work)
 
     def release(self, token: str) -> None:
