@@ -25,6 +25,7 @@ from sslaudit.remote import RemoteAPI
 from sslaudit.train import TrainConfig
 
 MODEL = "simclr"
+REQUESTS = 150  # per client in the kill -9 test: enough that the kill lands mid-load on a fast machine
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_kill_9_mid_load_loses_no_charge_and_charges_nothing_twice(tmp_path):
                         retries=12, max_wait=2)
         gen = torch.Generator().manual_seed(seed)
         try:
-            for _ in range(40):
+            for _ in range(REQUESTS):
                 out = api.query(torch.rand(2, 1, 28, 28, generator=gen), "attacker")
                 with lock:
                     answered[0] += len(out)
@@ -119,7 +120,9 @@ def test_kill_9_mid_load_loses_no_charge_and_charges_nothing_twice(tmp_path):
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120
+    while answered[0] < 100 and time.monotonic() < deadline:  # kill once the load is well under way
+        time.sleep(0.01)
     os.kill(server.pid, signal.SIGKILL)
     server.wait()
     before_restart = answered[0]
@@ -128,10 +131,10 @@ def test_kill_9_mid_load_loses_no_charge_and_charges_nothing_twice(tmp_path):
         for t in threads:
             t.join(timeout=120)
         assert not errors, errors
-        assert 0 < before_restart < 640, before_restart  # the kill landed mid-load
+        assert 0 < before_restart < 8 * REQUESTS * 2, before_restart  # the kill landed mid-load
         charged = RemoteAPI(f"http://127.0.0.1:{port}/v2/models/{MODEL}", api_key=KEYS["alice"],
                             cache=False).ledger("attacker").images
-        assert charged == answered[0] == 8 * 40 * 2
+        assert charged == answered[0] == 8 * REQUESTS * 2
     finally:
         server.terminate()
         server.wait(timeout=10)
