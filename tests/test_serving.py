@@ -264,5 +264,5 @@ def test_expired_answers_are_swept_while_serving(tmp_path, monkeypatch):
     now = ledger_db.time.time()
     monkeypatch.setattr(ledger_db.time, "time", lambda: now + ledger_db.REPLAY_SECONDS + 1)
     db.commit(db.reserve("a", 1, budget=None, request_id="new"), b"5678", seconds=0.0)
-    assert db.replay("a", "old") is None and db.replay("a", "new") == b"5678"
+    assert db.replay("a", "old") is None and db.replay("a", "new") == (b"5678", 1)
     assert db.usage("a")["images"] == 2  # sweeping answers never touches what was charged

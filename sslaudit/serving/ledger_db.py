@@ -16,7 +16,7 @@ once even when the server dies between answering and sending.
 >>> token = db.reserve("alice", 8, budget=10, request_id="r1")
 >>> db.commit(token, b"answer", seconds=0.01)
 >>> db.usage("alice")["images"], db.replay("alice", "r1")
-(8, b'answer')
+(8, (b'answer', 8))
 """
 from __future__ import annotations
 
@@ -111,14 +111,14 @@ class LedgerDB:
         """Drop the reservation ``token`` (the request failed; nothing left the server)."""
         self._transaction(lambda conn: conn.execute("DELETE FROM pending WHERE token = ?", (token,)))
 
-    def replay(self, account: str, request_id: str | None) -> bytes | None:
-        """The stored answer ``account`` already paid for under ``request_id``, if any."""
+    def replay(self, account: str, request_id: str | None) -> tuple[bytes, int] | None:
+        """The stored answer ``account`` already paid for under ``request_id`` and its image count, if any."""
         if request_id is None:
             return None
         with self._lock:
-            row = self._conn.execute("SELECT body FROM answers WHERE account = ? AND request_id = ?",
+            row = self._conn.execute("SELECT body, images FROM answers WHERE account = ? AND request_id = ?",
                                      (account, request_id)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
 
     def save_state(self, name: str, account: str, structure: str, tensors: bytes) -> None:
         """Store defence ``name``'s state for ``account`` (see :mod:`sslaudit.serving.state_codec`)."""

@@ -101,8 +101,8 @@ class InferenceService:
             raise ProtocolError(400, f"send one input named {INPUT!r}; got {sorted(request.inputs)}")
         stored = self.ledger.replay(account.name, request.id)
         if stored is not None:  # already paid for under this id: the same answer, not charged again
-            n = len(stored) // 4 // max(self._apis[account.defenses].dim, 1)
-            features = torch.frombuffer(bytearray(stored), dtype=torch.float32).view(n, -1)
+            body, images = stored
+            features = torch.frombuffer(bytearray(body), dtype=torch.float32).view(images, -1)
             return self._response(features, request.id, request.binary_output)
         try:
             images = validate_images(request.inputs[INPUT], self.spec)
