@@ -25,7 +25,7 @@ import torch
 
 from sslaudit.api import InvalidQuery, Ledger, QueryBudgetExceeded, QueryRefused, check_account
 from sslaudit.models import InputSpec
-from sslaudit.serving.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
+from sslaudit.serving.protocol import BUDGET_EXHAUSTED, HEADER_LENGTH, decode_infer_response, encode_infer_request
 
 
 class RemoteError(RuntimeError):
@@ -156,13 +156,14 @@ def _raise_for(response: httpx.Response) -> httpx.Response:
     if response.status_code < 400:
         return response
     try:
-        message = response.json().get("error", response.text)
-    except ValueError:
-        message = response.text[:300]
+        body = response.json()
+        message, code = body.get("error", response.text), body.get("code")
+    except (ValueError, AttributeError):
+        message, code = response.text[:300], None
     status = response.status_code
     if status == 400 or status == 413:
         raise InvalidQuery(f"the endpoint refused the request ({status}): {message}")
-    if status == 403 and "queries left" in message:
+    if status == 403 and code == BUDGET_EXHAUSTED:
         raise QueryBudgetExceeded(message)
     if status == 403:
         raise QueryRefused(message)

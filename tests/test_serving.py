@@ -126,6 +126,7 @@ def test_budget_is_enforced_and_reported(server):
     assert httpx.post(url, json=infer_json(torch.rand(15, 1, 28, 28)), headers=auth("bob")).status_code == 200
     refused = httpx.post(url, json=infer_json(torch.rand(6, 1, 28, 28)), headers=auth("bob"))
     assert refused.status_code == 403 and "5 of 20" in refused.json()["error"]
+    assert refused.json()["code"] == "budget_exhausted"
     usage = httpx.get(f"http://{server}/v2/models/{MODEL}/usage", headers=auth("bob")).json()
     assert (usage["images"], usage["remaining"], usage["budget"]) == (15, 5, 20)
 

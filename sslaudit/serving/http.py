@@ -20,8 +20,8 @@ from sslaudit.serving.protocol import HEADER_LENGTH, ProtocolError
 from sslaudit.serving.service import InferenceService, RateLimited
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error(status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **({"code": code} if code else {})}, status_code=status, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -59,7 +59,7 @@ def create_app(service: InferenceService, max_body: int | None = None) -> FastAP
         if isinstance(err, RateLimited):
             wait = str(math.ceil(err.retry_after)) if math.isfinite(err.retry_after) else "3600"
             return error(429, str(err), {"Retry-After": wait})
-        return error(err.status, str(err))
+        return error(err.status, str(err), code=err.code)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:  # unknown routes, wrong methods

@@ -21,17 +21,19 @@ import numpy as np
 import torch
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+BUDGET_EXHAUSTED, REFUSED = "budget_exhausted", "refused"  # the error body's "code" beside "error"
 MAX_ID = 128  # request ids are stored with the answer they paid for: bounded
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2"), "UINT8": np.dtype("u1"),
           "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
 
 
 class ProtocolError(ValueError):
-    """A request the server refuses: ``status`` is the HTTP status, the message goes in ``{"error": ...}``."""
+    """A request the server refuses: ``status`` is the HTTP status, the message goes in ``{"error": ...}``;
+    ``code`` (``BUDGET_EXHAUSTED``, ``REFUSED``) tells a client two 403s apart without reading the message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.code = status, code
 
 
 @dataclass

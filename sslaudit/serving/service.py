@@ -22,7 +22,8 @@ from sslaudit.secret import DeploymentSecret
 from sslaudit.serving.accounts import Account, RateLimiter, find_account
 from sslaudit.serving.defense_store import attach_defenses
 from sslaudit.serving.ledger_db import BudgetExhausted, LedgerDB
-from sslaudit.serving.protocol import ProtocolError, decode_infer_request, encode_tensors
+from sslaudit.serving.protocol import (BUDGET_EXHAUSTED, REFUSED, ProtocolError, decode_infer_request,
+                                       encode_tensors)
 from sslaudit.victim import Victim
 
 INPUT, OUTPUT = "images", "features"
@@ -118,13 +119,13 @@ class InferenceService:
         try:
             token = self.ledger.reserve(account.name, n, budget=account.budget, request_id=request.id)
         except BudgetExhausted as err:
-            raise ProtocolError(403, str(err)) from err
+            raise ProtocolError(403, str(err), BUDGET_EXHAUSTED) from err
         began = time.perf_counter()
         try:
             features = self._apis[account.defenses].query(images, account.name)
         except QueryRefused as err:
             self.ledger.release(token)
-            raise ProtocolError(403, f"refused: {err}") from err
+            raise ProtocolError(403, f"refused: {err}", REFUSED) from err
         except UnsafeAnswer as err:
             self.ledger.release(token)
             raise ProtocolError(500, str(err)) from err
