@@ -226,8 +226,6 @@ def load_head_option(path: Path | None, option: str = "--watermark") -> Any:
 
 def find_watermark(victim_spec: str, victim: Any) -> Any:
     """The head saved beside the victim (``VICTIM.watermark.safetensors``), or None; a bad one is an error."""
-    from sslaudit.ownership.watermark import load_watermark, watermark_path
+    from sslaudit.ownership.watermark import saved_watermark
 
-    saved = victim_spec if Path(victim_spec).with_suffix(".json").is_file() else victim.card.get("saved_to")
-    head_file = watermark_path(saved) if saved else None
-    return friendly(lambda: load_watermark(head_file)) if head_file and head_file.is_file() else None
+    return friendly(lambda: saved_watermark(victim_spec, victim))

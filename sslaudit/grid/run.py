@@ -18,7 +18,6 @@ import os
 import secrets
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -72,14 +71,12 @@ def ownership_verdicts(victim_spec: str, victim: Any, stolen: Any) -> list:
     """Dataset inference on the stolen encoder, and the watermark test when the victim has a watermark head
     saved beside it (``VICTIM.watermark.safetensors``, as ``sslaudit verify`` finds it)."""
     from sslaudit.ownership.dataset_inference import dataset_inference, default_splits
-    from sslaudit.ownership.watermark import load_watermark, watermark_path
+    from sslaudit.ownership.watermark import saved_watermark
     from sslaudit.ownership.watermark_verify import watermark_verdicts
 
     fit, evaluate, public = default_splits()
     verdicts = [dataset_inference(stolen, fit, evaluate, public)]
-    saved = victim_spec if Path(victim_spec).with_suffix(".json").is_file() else victim.card.get("saved_to")
-    head_file = watermark_path(saved) if saved else None
-    head = load_watermark(head_file) if head_file and head_file.is_file() else None
+    head = saved_watermark(victim_spec, victim)
     if head is not None and head.dims[0] == stolen.dim:
         verdicts += watermark_verdicts(stolen, head, public)
     return verdicts

@@ -171,6 +171,14 @@ def watermark_path(victim_path: str | Path) -> Path:
     return Path(victim_path).with_suffix(".watermark.safetensors")
 
 
+def saved_watermark(victim_spec: str, victim: Victim) -> WatermarkHead | None:
+    """The head saved beside the victim named ``victim_spec`` (a saved victim's path, else where its card
+    says it was saved), or None; a bad head file raises :class:`BadCard`."""
+    saved = victim_spec if Path(victim_spec).with_suffix(".json").is_file() else victim.card.get("saved_to")
+    head_file = watermark_path(saved) if saved else None
+    return load_watermark(head_file) if head_file and head_file.is_file() else None
+
+
 def save_watermark(head: WatermarkHead, victim_path: str | Path) -> Path:
     """Write the head beside the victim (temporary file, then rename); returns its path."""
     target = watermark_path(victim_path)
