@@ -7,6 +7,7 @@ candidate whose validation gain is >= 0.9 on both probes is the one to confirm o
 with 3 seeds (``--confirm``), where the default audit's target is >= 0.85.
 
     python bench/schedule.py                          # the candidates, seed 0, validation task
+    python bench/schedule.py --schedules 16,32,6e-3 --seeds 0 1 2   # candidates with more seeds
     python bench/schedule.py --confirm 12,64,3e-3     # one schedule, seeds 0 1 2, test task
 """
 from __future__ import annotations
@@ -29,11 +30,38 @@ CANDIDATES = ["8,64,3e-3", "12,64,3e-3", "12,32,2e-3", "16,64,3e-3", "60,32,1e-3
 
 
 def attack_for(spec: str) -> DirectExtraction:
-    """``epochs,batch,lr[,stolen_arch]`` (the arch defaults to the tiny convnet)."""
-    epochs, batch, lr, *arch = spec.split(",")
+    """``epochs,batch,lr[,stolen_arch][,key=value ...]``: the arch defaults to the tiny convnet; a ``key``
+    names a field of the attack (``standardize``, ``augment_stolen``), of its ``TrainConfig``
+    (``optimizer``, ``weight_decay``, ``warmup_epochs``) or of its ``AugmentConfig`` (``out_size``,
+    ``crop_lo`` for the crop scale's lower end)."""
+    epochs, batch, lr, *rest = spec.split(",")
+    arch = [r for r in rest if "=" not in r]
+    options = dict(r.split("=", 1) for r in rest if "=" in r)
     attack = DirectExtraction(loss="mse", stolen_arch=arch[0] if arch else None)
-    return dataclasses.replace(attack, train=dataclasses.replace(attack.train, epochs=int(epochs),
-                                                                  batch_size=int(batch), lr=float(lr)))
+    train = dataclasses.replace(attack.train, epochs=int(epochs), batch_size=int(batch), lr=float(lr))
+    augment, fields = attack.augment, {}
+    for key, text in options.items():
+        value = _value(text)
+        if key == "crop_lo":
+            augment = dataclasses.replace(augment, crop_scale=(float(value), augment.crop_scale[1]))
+        elif key in {f.name for f in dataclasses.fields(train)}:
+            train = dataclasses.replace(train, **{key: value})
+        elif key in {f.name for f in dataclasses.fields(augment)}:
+            augment = dataclasses.replace(augment, **{key: value})
+        else:
+            fields[key] = value
+    return dataclasses.replace(attack, train=train, augment=augment, **fields)
+
+
+def _value(text: str) -> bool | int | float | str:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def run(specs: list[str], seeds: list[int], task_name: str) -> None:
@@ -81,11 +109,12 @@ def main() -> None:
     parser.add_argument("--schedules", nargs="+", default=CANDIDATES,
                         help="epochs,batch,lr[,stolen_arch] each, e.g. 60,32,1e-3,convnet-small")
     parser.add_argument("--confirm", default=None, help="one schedule to confirm on the test task, seeds 0 1 2")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the validation runs")
     args = parser.parse_args()
     if args.confirm:
         run([args.confirm], [0, 1, 2], "test")
     else:
-        run(args.schedules, [0], "validation")
+        run(args.schedules, args.seeds, "validation")
 
 
 if __name__ == "__main__":

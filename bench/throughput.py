@@ -70,15 +70,68 @@ def simclr_rate(images: int, mixed: bool) -> float:
     return images / victim.card["history"]["seconds"][-1]
 
 
+def conv_bound_rate(images: int, mixed: bool, batch: int = 64, repeats: int = 30) -> float:
+    """The ceiling of the MSE step: img/s if the step were its convolutions alone (forward + backward).
+
+    Each of the stolen convnet's convolutions is timed on its own, at its real input shape and in the
+    loop's layout (``sslaudit.train.fast_layout``), and the times are summed: BatchNorm, ReLU, the loss
+    and the optimizer are left out. ``images`` and ``mixed`` are unused (fp32, as the rows beside it).
+    """
+    channels_last = sslaudit.train.fast_layout is fast_layout
+    layout = (lambda t: t.contiguous(memory_format=torch.channels_last)) if channels_last else (lambda t: t)
+    spec = resolve_victim("simclr", progress=False).encoder.spec
+    encoder = sslaudit.train.fast_layout(build_encoder("convnet", spec))
+    shapes: list[tuple[torch.nn.Module, torch.Size]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m, i[0].shape)))
+             for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    encoder(layout(torch.rand(batch, spec.channels, spec.size, spec.size)))
+    for hook in hooks:
+        hook.remove()
+    total = 0.0
+    for index, (conv, shape) in enumerate(shapes):
+        x = layout(torch.rand(shape)).requires_grad_(index > 0)  # the first conv needs no input gradient
+        grad = torch.randn_like(conv(x))
+        for _ in range(3):
+            conv(x).backward(grad)
+        began = time.perf_counter()
+        for _ in range(repeats):
+            conv(x).backward(grad)
+        total += (time.perf_counter() - began) / repeats
+    return batch / total
+
+
+def embed_rate(images: int, mixed: bool, folded: bool = True) -> float:
+    """img/s of ``embed`` (evaluation's forward passes) on ``images`` FMNIST images; ``folded=False`` is the
+    code before conv+BN folding (BatchNorm run separately, batches of 1,024)."""
+    import sslaudit.features as features
+
+    encoder = resolve_victim("simclr", progress=False).encoder
+    x = victim_training_data().images[:images]
+    keep = features.inference_copy
+    if not folded:
+        features.inference_copy = lambda m: m.eval()
+    try:
+        features.embed(encoder, x[:256], mixed_precision=mixed)
+        began = time.perf_counter()
+        features.embed(encoder, x, mixed_precision=mixed, batch_size=None if folded else 1024)
+        return images / (time.perf_counter() - began)
+    finally:
+        features.inference_copy = keep
+
+
 def flops_per_image(row: str) -> float:
-    """FLOPs of one training step (forward + backward) divided by the images it trains on."""
+    """FLOPs of one training step (forward + backward; the forward pass alone for the embedding rows)
+    divided by the images it trains on."""
     spec = resolve_victim("simclr", progress=False).encoder.spec
     torch.manual_seed(0)
     encoder = build_encoder("convnet", spec)
     batch = 32
     x = torch.rand(batch, spec.channels, spec.size, spec.size)
     with FlopCounterMode(display=False) as counter:
-        if row == "simclr":
+        if row.startswith("embed"):
+            with torch.no_grad():
+                encoder.eval()(x)
+        elif row == "simclr":
             from sslaudit.victims.simclr import ProjectionHead
 
             cfg = PRESETS["tiny"]
@@ -93,6 +146,10 @@ ROWS = {
     "mse64": ("MSE steal, batch 64, no augmentation", lambda n, m: mse_rate(n, m, 64, False)),
     "mse-shipped": ("MSE steal, shipped settings (batch 32, one augmented view)", lambda n, m: mse_rate(n, m, 32, True)),
     "simclr": ("SimCLR tiny victim (2 views, batch 512)", simclr_rate),
+    "embed-before": ("embedding for evaluation, before (BN separate, batch 1,024)",
+                     lambda n, m: embed_rate(4 * n, m, folded=False)),
+    "embed": ("embedding for evaluation (conv+BN folded, batch 256)", lambda n, m: embed_rate(4 * n, m)),
+    "conv-bound": ("ceiling: the MSE step's convolutions alone, batch 64", conv_bound_rate),
 }
 
 
@@ -108,8 +165,8 @@ def main() -> None:
     rows = []
     for key in args.rows:
         name, fn = ROWS[key]
-        flops = flops_per_image(key)
-        for layout in args.layouts:
+        flops = flops_per_image({"conv-bound": "mse64"}.get(key, key))
+        for layout in ["channels_last"] if key.startswith("embed") else args.layouts:
             sslaudit.train.fast_layout = fast_layout if layout == "channels_last" else (lambda m: m)
             for label, mixed in precisions:
                 rate = fn(args.images, mixed)
