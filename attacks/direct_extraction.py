@@ -82,13 +82,17 @@ DEFAULT_TEMPERATURE = {"infonce": 0.1, "softnn": 100.0}  # the ImageNet README's
 
 
 # The paper's code (steal.py): Adam, lr 1e-3 and batch 64 for MSE, lr 3e-4 and batch 256 for InfoNCE, 100
-# epochs, wd 1e-4 (we use AdamW's decoupled decay). For MSE we take batch 32 for 60 epochs: 9,400 steps
-# instead of 7,800 in 30 % less time; both reached the same fidelity to the tiny victim (cosine 0.982).
-# The step count is what matters: 30 epochs at batch 256 (600 steps) stopped at cosine 0.92.
-# SoftNN: the code's lr 1e-3, batch 256, 100 epochs. Wasserstein shares MSE's settings in the code, so it
-# takes our MSE schedule.
+# epochs, wd 1e-4 (we use AdamW's decoupled decay). For MSE we take batch 32, peak lr 6e-3, 20 epochs
+# (3,120 steps on 5,000 answers), chosen with bench/schedule.py on the validation task (FMNIST
+# train[:50000] -> train[50000:], never the test split): at lr 1e-3 the step count was what mattered
+# (60 epochs needed, 0.95 / 0.95 of the gain, seed 0); at 6e-3, 16 epochs gave 0.92 / 0.89 (3 seeds)
+# and 20 epochs 0.94 / 0.89, and 20 was taken for its margin on the full-label probe. On the test task
+# it recovers 0.92 / 0.92 (3 seeds; bench/results/schedule.md) in a third of the former time.
+# SoftNN: the code's lr 1e-3, batch 256, 100 epochs.
+# Wasserstein shares MSE's settings in the code; it keeps the previous MSE schedule (60 epochs, batch 32,
+# lr 1e-3), which was measured for it; the faster one was chosen for MSE only.
 PAPER_TRAIN = {
-    "mse": TrainConfig(epochs=60, batch_size=32, lr=1e-3, weight_decay=1e-4, optimizer="adamw", warmup_epochs=1),
+    "mse": TrainConfig(epochs=20, batch_size=32, lr=6e-3, weight_decay=1e-4, optimizer="adamw", warmup_epochs=1),
     "infonce": TrainConfig(epochs=100, batch_size=256, lr=3e-4, weight_decay=1e-4, optimizer="adamw",
                            warmup_epochs=1),
     "softnn": TrainConfig(epochs=100, batch_size=256, lr=1e-3, weight_decay=1e-4, optimizer="adamw",

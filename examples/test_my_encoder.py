@@ -17,7 +17,7 @@ of every steal). The first run of a regression check writes its stored values be
 stored values that moved, after you have decided the move is acceptable.
 
 The sizes here are tiny so the file runs in about a minute on two CPU cores: 500 queries and a
-10-epoch schedule (the MSE recipe's own is 60), probes on 1,000 labelled images. With the full schedule
+10-epoch schedule (the MSE recipe's own is 20), probes on 1,000 labelled images. With the full schedule
 and 5,000 queries the shipped victim gives up ~0.9 of its gain; raise QUERIES and EPOCHS (and your
 thresholds) to what your threat model says a thief would spend.
 """
