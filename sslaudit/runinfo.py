@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import numpy
-import sklearn
 import torch
 
 import sslaudit
@@ -28,6 +28,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _version(package: str) -> str | None:
+    """An installed package's version without importing it (importing scikit-learn takes over a second)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def run_info(*, seed: int, wall_seconds: float, device: torch.device | None = None) -> dict:
     device = device or pick_device()
     precision = autocast_dtype(device)
@@ -39,7 +47,7 @@ def run_info(*, seed: int, wall_seconds: float, device: torch.device | None = No
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "versions": {"sslaudit": sslaudit.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+                     "scikit-learn": _version("scikit-learn"), "python": platform.python_version()},
         "commit": git_commit(),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
