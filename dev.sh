@@ -24,8 +24,8 @@ setup() {  # $1: the package extras to install as well ("" for the demo, "test" 
         [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" 2>/dev/null \
             || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
         # torch 2.13.0 is the CPU build (a local wheel here); an unpinned torch pulls a 5 GB CUDA build.
-        # --no-compile: Python compiles the modules it imports on first use; compiling all of torch's at
-        # install time took 36 s of a 2-core set-up, against 13 s without (bench: README "The demo's time").
+        # --no-compile: Python compiles the modules it imports on first use instead of all of torch's at
+        # install time (timed by hand on a 2-core AMD EPYC, 2026-12-05: torch's install 36 s -> 13 s).
         "$VENV/bin/pip" install -q --disable-pip-version-check --no-compile torch==2.13.0
         "$VENV/bin/pip" install -q --disable-pip-version-check --no-compile -e ".${1:+[$1]}"
         touch "$stamp"

@@ -2,8 +2,8 @@
 
 For inference the encoder's convolutions are fused with the BatchNorms after them (a traced copy;
 :func:`inference_copy`), and batches are 256 images on a CPU, where a batch's activations then stay in
-cache. Measured on the tiny convnet (AMD EPYC, 2 cores, AVX2): 2,392 img/s unfused at batch 1,024,
-5,913 img/s fused at 256 (``bench/throughput.py``'s embedding rows); outputs equal up to float rounding.
+cache. Measured on the tiny convnet (AMD EPYC, 2 cores, AVX2; ``bench/throughput.py``'s embedding
+rows): 2,703 img/s unfused at batch 1,024, 5,432 img/s fused at 256; outputs equal up to float rounding.
 
 >>> feats = embed(encoder, data.images)  # (N, dim) float32 on the CPU  # doctest: +SKIP
 """
