@@ -44,12 +44,13 @@ def main() -> None:
     task = downstream_task()
     for card in sorted(WEIGHTS.glob("*.json")):
         victim = Victim.load(card)
+        spec = victim.encoder.spec
         ship(victim.encoder, task, f"victim {victim.name}")
         for seed in args.seeds:
             torch.manual_seed(seed)
-            shipped = ship(build_encoder(args.arch, victim.encoder.spec), task,
-                           f"floor {args.arch} seed {seed} at {card.stem}'s input")
-            if floor_scores(args.arch, victim.encoder.spec, seed, task) != shipped:  # the audit builds the same
+            shipped = ship(build_encoder(args.arch, spec), task,
+                           f"floor {args.arch} seed {seed} at input {spec.channels}x{spec.size}")
+            if floor_scores(args.arch, spec, seed, task) != shipped:  # the audit builds the same
                 raise SystemExit(f"the audit's floor at seed {seed} is not the encoder shipped; check build_encoder")
 
 

@@ -6,7 +6,8 @@ import torch
 from sslaudit.data import ImageData
 from sslaudit.victim import Victim, config_key
 from sslaudit.victims.simclr import PRESETS, SimCLR
-from sslaudit.zoo import find_victim, shipped_path
+from sslaudit import zoo
+from sslaudit.zoo import preset_config, shipped_path
 
 
 def tiny_data(n=128):
@@ -59,12 +60,20 @@ def test_config_key_changes_with_any_setting():
     assert config_key(PRESETS["tiny"]) == config_key(dataclasses.replace(PRESETS["tiny"]))
 
 
-def test_shipped_victim_matches_the_current_tiny_recipe():
-    """Fails when the tiny preset changes without retraining the shipped victim."""
-    path = shipped_path("simclr", "tiny")
-    card = Victim.load(path).card
-    assert card["config_key"] == config_key(PRESETS["tiny"]), (
-        "the shipped tiny SimCLR victim was trained with another config; "
-        "retrain it with `sslaudit victims train simclr --out sslaudit/weights/simclr-tiny`"
+@pytest.mark.parametrize("method", ["simclr", "barlow_twins", "esvit", "splitmask"])
+def test_shipped_victim_matches_the_current_tiny_recipe(method, monkeypatch, tmp_path):
+    """Fails when a tiny preset changes without retraining its shipped victim (steal would then train)."""
+    monkeypatch.setenv("SSLAUDIT_CACHE", str(tmp_path))  # an empty user cache: only the shipped file counts
+    card = Victim.load(shipped_path(method, "tiny")).card
+    assert card["config_key"] == config_key(preset_config(method, "tiny")), (
+        f"the shipped tiny {method} victim was trained with another config; "
+        f"retrain it with `sslaudit victims train {method} --out sslaudit/weights/{method}-tiny`"
     )
-    assert find_victim("simclr", "tiny") is not None
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"`steal --victim {method}` would train instead of loading the shipped victim")
+
+    monkeypatch.setattr(zoo, "train_victim", no_training)
+    victim = zoo.resolve_victim(method)
+    assert victim.card["config_key"] == card["config_key"]
+    assert victim.card["scores"], "the shipped card carries its probe scores"
