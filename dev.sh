@@ -23,15 +23,45 @@ setup() {  # $1: the package extras to install as well ("" for the demo, "test" 
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" 2>/dev/null \
             || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
-        # torch 2.13.0 is the CPU build (a local wheel here); an unpinned torch pulls a 5 GB CUDA build.
-        # --no-compile: Python compiles the modules it imports on first use instead of all of torch's at
-        # install time (timed by hand on a 2-core AMD EPYC, 2026-12-05: torch's install 36 s -> 13 s).
-        "$VENV/bin/pip" install -q --disable-pip-version-check --no-compile torch==2.13.0
-        "$VENV/bin/pip" install -q --disable-pip-version-check --no-compile -e ".${1:+[$1]}"
+        install "$1"
         touch "$stamp"
     fi
     dataset
 }
+
+# torch 2.13.0 is the CPU build (a local wheel here); an unpinned torch pulls a 5 GB CUDA build.
+# --no-compile: Python compiles the modules it imports on first use instead of all of torch's at install
+# time (timed by hand on a 2-core AMD EPYC, 2026-12-05: torch's install 36 s -> 13 s).
+# Unpacking torch's large wheel is most of the set-up, so torch (with sympy, mpmath and networkx, which
+# only torch needs) unpacks beside a second pip that installs everything else (the project's dependencies,
+# read from pyproject.toml, and torch's other ones): the two sets share no package, so the two pips never
+# write the same files. The last pip resolves the whole set again and installs only the project (or
+# whatever the first two left out).
+TORCH_ALONE="torch==2.13.0 sympy>=1.13.3 mpmath>=1.1.0,<1.4 networkx>=2.5.1"  # torch 2.13.0's METADATA
+install() {  # $1: the extras
+    pip="$VENV/bin/pip install -q --disable-pip-version-check --no-compile"
+    if others=$("$VENV/bin/python" -c "$OTHER_REQUIREMENTS" "$1" 2>/dev/null); then
+        $pip --no-deps $TORCH_ALONE & torch_pid=$!
+        set -f  # one argument per requirement, and "tritonclient[http]" is not a glob
+        # shellcheck disable=SC2086
+        $pip $others || { wait "$torch_pid"; exit 1; }
+        set +f
+        wait "$torch_pid"
+    else
+        $pip torch==2.13.0  # a Python without tomllib (3.10): one after the other
+    fi
+    $pip --no-build-isolation -e ".${1:+[$1]}"
+}
+
+# The requirements other than TORCH_ALONE: the project's, those of the extras in argv[1], and torch's others
+# (torch 2.13.0's METADATA; the last pip checks them all anyway).
+OTHER_REQUIREMENTS='
+import re, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + [r for e in filter(None, sys.argv[1:]) for r in project["optional-dependencies"][e]]
+torch_own = ["filelock", "typing-extensions>=4.10.0", "setuptools>=77.0.3", "jinja2", "fsspec>=0.8.5"]
+print(" ".join(r.replace(" ", "") for r in wanted + torch_own if re.split("[^A-Za-z0-9._-]", r)[0] != "torch"))
+'
 
 dataset() {
     if [ -z "${SSLAUDIT_DATA:-}" ] && [ ! -f "$FMNIST" ]; then
