@@ -63,13 +63,16 @@ def find_victim(method: str, preset: str = "tiny", epochs: int | None = None) ->
 
 
 def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None, progress: bool = True,
-                 out: Path | None = None, score: bool = True) -> Victim:
+                 out: Path | None = None, score: bool = True, config: object | None = None) -> Victim:
     """Train ``method``/``preset`` on the protocol's victim data, score it, store it in the cache (or ``out``).
+
+    ``config`` replaces the preset's settings (a recipe search, ``bench/esvit_recipe.py``); the card still
+    names ``preset``, and its ``config_key`` is that of ``config``.
 
     Under ``torchrun`` every rank trains its share of each batch (:mod:`sslaudit.distributed`); rank 0
     scores and saves the victim and removes the checkpoint.
     """
-    config = preset_config(method, preset, epochs)
+    config = config if config is not None else preset_config(method, preset, epochs)
     key = config_key(config)
     target = out or cache_dir() / "victims" / f"{method}-{key}"
     checkpoint = cache_dir() / "checkpoints" / f"{method}-{key}.pt"
