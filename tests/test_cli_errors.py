@@ -237,6 +237,7 @@ def test_a_bad_cached_card_does_not_block_its_recipe(no_evaluation, tmp_path, mo
     from sslaudit.zoo import find_victim, preset_config
 
     monkeypatch.setattr("sslaudit.zoo.train_victim", would_train)
+    monkeypatch.setattr("sslaudit.zoo.SHIPPED", tmp_path / "nothing-shipped")  # only the user's cache holds one
     card = bad_cache_card(tmp_path / "cache", f"barlow_twins-{config_key(preset_config('barlow_twins'))}")
     with pytest.warns(UserWarning, match="skipping a bad cached victim"):
         assert find_victim("barlow_twins") is None
