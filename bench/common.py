@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from sslaudit.device import autocast_dtype, pick_device
+from sslaudit.evaluate import evaluate_features
+from sslaudit.tasks import DownstreamTask
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,6 +39,12 @@ def machine() -> str:
     prec = str(precision).replace("torch.", "") if precision else "float32"
     return (f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
             f"autocast {prec}")
+
+
+def raw_pixel_scores(task: DownstreamTask) -> dict[str, float]:
+    """The probes on the images' pixels in [0, 1] (the baseline every victim should beat)."""
+    flat = lambda data: data.images.flatten(1).float() / 255  # noqa: E731
+    return evaluate_features(flat(task.train), flat(task.test), task)
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -17,9 +17,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from common import RESULTS, append_row, load_rows, machine, write_markdown
+from common import RESULTS, append_row, load_rows, machine, raw_pixel_scores, write_markdown
 
-from sslaudit.evaluate import evaluate_features
+from sslaudit.registry import parse_component
 from sslaudit.report.table import format_table
 from sslaudit.score_cache import cached_scores
 from sslaudit.tasks import validation_task
@@ -36,9 +36,7 @@ CANDIDATES = ["lr=2e-3", "epochs=8"]
 def candidate(spec: str) -> EsViTConfig:
     """``key=value[,key=value]`` over the tiny preset: an ``EsViTConfig`` or ``TrainConfig`` field."""
     config = PRESETS["tiny"]
-    for item in filter(None, spec.split(",")):
-        key, text = item.split("=", 1)
-        value = int(text) if text.lstrip("-").isdigit() else float(text)
+    for key, value in parse_component(f"esvit:{spec}")[1].items():
         if key in {f.name for f in dataclasses.fields(config.train)}:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, **{key: value}))
         else:
@@ -46,22 +44,17 @@ def candidate(spec: str) -> EsViTConfig:
     return config
 
 
-def pixels_row(task) -> dict:
-    flat = lambda data: data.images.flatten(1).float() / 255  # noqa: E731
-    return {"name": "raw pixels", "seconds": 0, **evaluate_features(flat(task.train), flat(task.test), task)}
-
-
-def victim_for(spec: str, out: Path) -> tuple[Victim, float]:
-    """The trained victim of ``spec`` (reused from ``out`` or the cache when present) and its training time."""
+def victim_for(spec: str, out: Path) -> Victim:
+    """The trained victim of ``spec``: from ``out``, the shipped/cached preset, or trained into ``out``."""
     config = candidate(spec)
-    path = out / f"esvit-{config_key(config)}"
+    key = config_key(config)
+    path = out / f"esvit-{key}"
     if path.with_suffix(".safetensors").is_file():
-        victim = Victim.load(path)
-    elif not spec and (shipped := find_victim("esvit", "tiny")) is not None:
-        victim = shipped
-    else:
-        victim = train_victim("esvit", "tiny", config=config, out=path, score=False)
-    return victim, float(victim.card["train_seconds"])
+        return Victim.load(path)
+    preset = find_victim("esvit", "tiny")
+    if preset is not None and preset.card["config_key"] == key:
+        return preset
+    return train_victim("esvit", "tiny", config=config, out=path, score=False)
 
 
 def main() -> None:
@@ -73,13 +66,15 @@ def main() -> None:
     rows = load_rows(JSONL)
     done = {r.get("config_key", r["name"]) for r in rows}
     if "raw pixels" not in done:
-        append_row(JSONL, {**pixels_row(task), "task": task.key, "machine": machine()})
+        append_row(JSONL, {"name": "raw pixels", "seconds": 0, **raw_pixel_scores(task), "task": task.key,
+                           "machine": machine()})
     for spec in args.candidates:
         name = spec or "tiny preset"
         if config_key(candidate(spec)) in done:
             continue
         began = time.perf_counter()
-        victim, seconds = victim_for(spec, args.out)
+        victim = victim_for(spec, args.out)
+        seconds = float(victim.card["train_seconds"])
         scores = cached_scores(victim.encoder, task, progress=True)
         append_row(JSONL, {"name": name, "config_key": victim.card["config_key"], "seconds": seconds,
                            "task": task.key, "machine": machine(), **scores})

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import RESULTS, append_row, load_rows, write_markdown
+from common import RESULTS, append_row, load_rows, raw_pixel_scores, write_markdown
 
-from sslaudit.evaluate import evaluate_encoder, evaluate_features
+from sslaudit.evaluate import evaluate_encoder
 from sslaudit.models import InputSpec, build_encoder, count_parameters
 from sslaudit.tasks import DownstreamTask, downstream_task
 from sslaudit.audit import victim_scores
@@ -25,11 +25,9 @@ RANDOM_INIT_ARCHS = ("convnet", "vit-tiny", "swin-tiny")  # the tiny victims' ba
 
 
 def baselines(task: DownstreamTask) -> list[dict]:
-    pixels = lambda data: data.images.flatten(1).float() / 255  # noqa: E731
     torch.manual_seed(0)
     _, channels, size, _ = task.train.images.shape
-    rows = [{"name": "raw pixels", "arch": "—", "parameters": 0, "train_seconds": 0,
-             **evaluate_features(pixels(task.train), pixels(task.test), task)}]
+    rows = [{"name": "raw pixels", "arch": "—", "parameters": 0, "train_seconds": 0, **raw_pixel_scores(task)}]
     for arch in RANDOM_INIT_ARCHS:
         torch.manual_seed(0)
         encoder = build_encoder(arch, InputSpec(channels=channels, size=size))
