@@ -144,9 +144,10 @@ def fit(
             if aug is not gen:
                 aug.manual_seed(_rank_seed(cfg.seed, rank))
     model.train()
-    bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False)
+    # counted in steps, not epochs: one epoch of a slow recipe takes minutes on a laptop CPU
+    bar = tqdm(total=(cfg.epochs - start) * batches, desc=desc, unit="step", disable=not progress, leave=False)
     seen, began = 0, time.perf_counter()
-    for epoch in bar:
+    for epoch in range(start, cfg.epochs):
         epoch_began, losses = time.perf_counter(), []
         order = torch.randperm(n, generator=gen, device=device)
         for b in range(batches):
@@ -161,14 +162,16 @@ def fit(
             optimizer.step()
             losses.append(loss.detach())
             seen += len(index) * ranks
+            bar.update()
             if (b + 1) % FINITE_CHECK_EVERY == 0:  # a host sync: every N steps, not every step
                 _check_finite(losses[-FINITE_CHECK_EVERY:], epoch)
         _check_finite(losses, epoch)
         history.loss.append(distributed.mean_over_ranks(float(torch.stack(losses).float().mean())))
         history.seconds.append(time.perf_counter() - epoch_began)
-        bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{history.loss[-1]:.4f}")
         if checkpoint is not None:
             checkpoints.save(checkpoint, model, optimizer, (gen, aug), history.to_dict(), epoch + 1)
+    bar.close()
     history.samples_per_second = seen / max(1e-9, time.perf_counter() - began)
     model.eval()
     return history

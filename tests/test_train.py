@@ -87,3 +87,18 @@ def test_finiteness_is_checked_every_n_steps_not_every_step(monkeypatch):
     with pytest.raises(FloatingPointError, match="inf at epoch 0"):
         fit(model, step, (x,), cfg, device=torch.device("cpu"), progress=False)
     assert len(calls) == train.FINITE_CHECK_EVERY  # caught at the first check after it, not at the epoch's end
+
+
+def test_progress_moves_within_an_epoch(capsys):
+    """One epoch of a slow recipe takes minutes on a laptop CPU: the bar counts steps, not epochs."""
+    import time
+    model = nn.Linear(4, 1)
+    cfg = dataclasses.replace(CFG, epochs=1, batch_size=64)  # 4 steps in the one epoch
+
+    def slow_step(batch, gen):
+        time.sleep(0.15)  # past tqdm's 0.1 s refresh interval, so every step is drawn
+        return (model(batch[0]) - batch[1]).pow(2).mean()
+
+    fit(model, slow_step, regression_problem(), cfg, device=torch.device("cpu"), progress=True)
+    drawn = capsys.readouterr().err
+    assert "2/4" in drawn and "3/4" in drawn and "step" in drawn
