@@ -64,7 +64,8 @@ def render() -> None:
     table.append([cell("total_s"), cell("setup_s"), cell("audit_s"), cell("train_s"), "mean ± 95 % interval"])
     header = ["total s", "set-up s", "audit s", "of which training s", "gain 1% / full"]
     note = (f"`./dev.sh demo` on a fresh clone of commit {latest}, one row per clone, an empty score cache; "
-            "Fashion-MNIST's Debian package already installed, pip's cache off. Set-up: venv, torch and the "
+            "Fashion-MNIST's Debian package already installed, no pip cache, wheels from the machine's local "
+            "package index (downloads not timed). Set-up: venv, torch and the "
             "dependencies, the package; audit: the `sslaudit steal` run as `runs/demo.json` timed it.")
     write_markdown(RESULTS / "demo_wall.md", "The demo from a fresh clone", format_table(header, table,
                    markdown=True), note)

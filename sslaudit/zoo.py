@@ -72,6 +72,8 @@ def train_victim(method: str, preset: str = "tiny", *, epochs: int | None = None
     Under ``torchrun`` every rank trains its share of each batch (:mod:`sslaudit.distributed`); rank 0
     scores and saves the victim and removes the checkpoint.
     """
+    if config is not None and epochs is not None:
+        raise ValueError("give epochs or config, not both; set the epochs in config.train")
     config = config if config is not None else preset_config(method, preset, epochs)
     key = config_key(config)
     target = out or cache_dir() / "victims" / f"{method}-{key}"

@@ -77,3 +77,15 @@ def test_shipped_victim_matches_the_current_tiny_recipe(method, monkeypatch, tmp
     victim = zoo.resolve_victim(method)
     assert victim.card["config_key"] == card["config_key"]
     assert victim.card["scores"], "the shipped card carries its probe scores"
+
+
+def test_train_victim_refuses_epochs_beside_a_config(monkeypatch):
+    """``epochs`` would be silently ignored next to a whole ``config``: refuse before any training."""
+    from sslaudit.zoo import preset_config, train_victim
+
+    def no_training_data():
+        raise AssertionError("reached training")
+
+    monkeypatch.setattr("sslaudit.zoo.victim_training_data", no_training_data)  # a regression fails at once
+    with pytest.raises(ValueError, match="epochs or config"):
+        train_victim("esvit", epochs=1, config=preset_config("esvit"))
